@@ -1,0 +1,121 @@
+"""The ``cargohold`` command: a thin Typer client of the library.
+
+Each command group lives in its own module and registers itself on :data:`app`
+through a ``register(app)`` function. Errors are turned into one line on stderr and an
+exit code by :func:`main` (codes in :mod:`cargohold.cli.exit_codes`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from cargohold import __version__
+from cargohold.cli import exit_codes
+from cargohold.cli.context import AppState
+from cargohold.errors import CargoholdError
+
+app = typer.Typer(
+    name="cargohold",
+    help="Never lose the state of your Docker containers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cargohold {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug output.")] = False,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", "-H", help="Docker engine URL (overrides DOCKER_HOST).", metavar="URL"),
+    ] = None,
+    docker_context: Annotated[
+        str | None, typer.Option("--context", help="Docker context to use (overrides DOCKER_CONTEXT).")
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    ctx.obj = AppState(debug=debug, host=host, context=docker_context)
+
+
+def _register_commands() -> None:
+    from cargohold.cli import inventory
+
+    inventory.register(app)
+    try:
+        from cargohold.cli import repository
+    except ImportError:  # pragma: no cover - the repository CLI is optional while it is built
+        return
+    repository.register(app)
+
+
+_register_commands()
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("CARGOHOLD_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = _debug_requested(args)
+    try:
+        result = app(args=args, prog_name="cargohold", standalone_mode=False)
+    except CargoholdError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"cargohold: error: {err}", file=sys.stderr)
+        return exit_codes.exit_code_for(err)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code or 0)
+    except click.exceptions.Abort:
+        print("cargohold: interrupted", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    except click.ClickException as err:
+        err.show()
+        return exit_codes.USAGE
+    except KeyboardInterrupt:
+        print("cargohold: interrupted", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (`cargohold volumes | head`): not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return exit_codes.OK
+    except Exception as err:  # a bug: say so in one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(
+            f"cargohold: internal error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return exit_codes.INTERNAL
+    return int(result) if isinstance(result, int) else exit_codes.OK
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
