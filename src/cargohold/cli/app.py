@@ -7,13 +7,15 @@ exit code by :func:`main` (codes in :mod:`cargohold.cli.exit_codes`).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from cargohold import __version__
 from cargohold.cli import exit_codes
@@ -60,8 +62,10 @@ def _register_commands() -> None:
 
     inventory.register(app)
     try:
-        from cargohold.cli import repository
-    except ImportError:  # pragma: no cover - the repository CLI is optional while it is built
+        repository = importlib.import_module("cargohold.cli.repository")
+    except ModuleNotFoundError as exc:  # pragma: no cover - while the repository CLI is being built
+        if exc.name != "cargohold.cli.repository":
+            raise
         return
     repository.register(app)
 
@@ -84,23 +88,25 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"cargohold: error: {err}", file=sys.stderr)
         return exit_codes.exit_code_for(err)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return int(done.exit_code or 0)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("cargohold: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED
-    except click.ClickException as err:
-        err.show()
+    except TyperException as err:  # usage errors: typer prints the usage line and the problem
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"cargohold: error: {err.format_message()}", file=sys.stderr)
         return exit_codes.USAGE
     except KeyboardInterrupt:
         print("cargohold: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (`cargohold volumes | head`): not an error.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
         return exit_codes.OK
     except Exception as err:  # a bug: say so in one line unless --debug
         if debug:

@@ -55,7 +55,7 @@ def exit_code_for(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         return INTERRUPTED
     for cls in type(err).__mro__:
-        code = _TABLE.get(cls)  # type: ignore[call-overload]
+        code = _TABLE.get(cls)
         if code is not None:
             return code
     return INTERNAL

@@ -87,10 +87,9 @@ class _Translator:
         try:
             yield
         except docker.errors.NotFound as exc:
-            msg = _explain(exc)
             if not_found is not None:
-                raise not_found(f"{what}: {msg}") from exc
-            raise DockerNotFound(f"{what}: {msg}") from exc
+                raise not_found(f"{what} not found") from exc
+            raise DockerNotFound(f"{what}: {_explain(exc)}") from exc
         except docker.errors.APIError as exc:
             status = exc.status_code
             msg = _explain(exc)
@@ -106,7 +105,9 @@ class _Translator:
         except PermissionError as exc:
             self.unreachable(exc)
         except requests.exceptions.Timeout as exc:
-            raise EngineUnreachable(f"the Docker engine at {self.endpoint.host} did not answer in time") from exc
+            raise EngineUnreachable(
+                f"the Docker engine at {self.endpoint.host} did not answer in time"
+            ) from exc
         except docker.errors.DockerException as exc:
             text = str(exc)
             if "Error while fetching server API version" in text or "Connection" in text:
@@ -398,7 +399,9 @@ class SdkDocker:
             )
             out, err = self.api.exec_start(created["Id"], demux=True)
             code = self.api.exec_inspect(created["Id"]).get("ExitCode")
-        return ExecResult(exit_code=int(code if code is not None else -1), stdout=out or b"", stderr=err or b"")
+        return ExecResult(
+            exit_code=int(code if code is not None else -1), stdout=out or b"", stderr=err or b""
+        )
 
     def exec_stream(
         self,

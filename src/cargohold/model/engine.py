@@ -6,9 +6,9 @@ them (kinds, flags, coverage) lives in :mod:`cargohold.model.inventory`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Mapping
 
 
 class MountType(StrEnum):
