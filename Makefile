@@ -1,0 +1,46 @@
+# cargohold — two set-up commands: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install engine images lint unit integration test demo bench bench-inventory clean-testbed help
+
+help:
+	@echo "make demo   - bootstrap (venv, engine, images) and run the sample stateful app + inventory"
+	@echo "make test   - install everything and run lint, type checks and the whole test suite"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+engine: install
+	$(BIN)/python -m cargohold.testbed engine
+
+images: engine
+	$(BIN)/python -m cargohold.testbed images
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit tests/contract $(PYTEST_ARGS)
+
+test: lint images
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+demo: images
+	$(BIN)/python scripts/demo.py
+
+bench-inventory: engine
+	$(BIN)/python bench/bench_inventory.py
+
+bench: images
+	$(BIN)/python bench/bench_inventory.py
