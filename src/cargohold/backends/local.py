@@ -1,0 +1,244 @@
+"""A backend on a local directory (also any mounted file system).
+
+Durability: an object is written to a temporary file in its final directory, fsync'd,
+renamed over the final name and then the directory is fsync'd, so after ``store``
+returns the object survives a power loss and a reader never sees a partial object.
+Temporary names contain ``~``, which no valid object name may contain, so ``list``
+never shows them; leftovers of a crash are ignored and may be removed at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from stat import S_ISREG
+
+from cargohold.backends.base import ObjectInfo, check_name
+from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
+
+_TMP_MARK = "~tmp~"
+_TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
+_NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+
+
+def translate_oserror(err: OSError, what: str) -> BackendError:
+    """Map an OSError of a file operation on ``what`` to the backend error tree."""
+    code = err.errno
+    reason = err.strerror or str(err)
+    if code in _NOT_FOUND:
+        return ObjectNotFound(f"{what} does not exist")
+    if code in (errno.EACCES, errno.EPERM):
+        return BackendIOError(
+            f"permission denied on {what}",
+            hint="check the owner and mode of the repository directory, or run as its owner",
+        )
+    if code == errno.EROFS:
+        return BackendIOError(f"cannot write {what}: read-only file system")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return BackendIOError(f"no space left writing {what}", hint="free space or use another repository")
+    if code == errno.EIO:
+        return BackendIOError(
+            f"I/O error on {what}", hint="the disk may be failing; check the kernel log (dmesg)"
+        )
+    return BackendIOError(f"{what}: {reason}", transient=code in _TRANSIENT)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class LocalBackend:
+    """Objects are files under ``root``; ``a/b/c`` is the file ``root/a/b/c``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` and missing parents, fsyncing each new entry's parent."""
+        if directory.is_dir():
+            return
+        missing: list[Path] = []
+        cur = directory
+        while not cur.is_dir():
+            missing.append(cur)
+            if cur.parent == cur:
+                break
+            cur = cur.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+
+    def _write_temp(self, path: Path, data: bytes | memoryview) -> Path:
+        """Write ``data`` to a new fsync'd temporary file next to ``path``."""
+        self._ensure_dir(path.parent)
+        tmp = path.parent / f".{path.name}{_TMP_MARK}{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    # --- Backend protocol ------------------------------------------------------
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise UsageError(f"invalid range offset={offset} length={length} for {name!r}")
+        path = self._path(name)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if offset:
+                    f.seek(offset)
+                if length is None:
+                    return f.readall()
+                chunks: list[bytes] = []
+                remaining = length
+                while remaining > 0:
+                    chunk = f.read(remaining)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    remaining -= len(chunk)
+                return b"".join(chunks)
+        except OSError as err:
+            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+
+    def store(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as err:
+            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+
+    def create(self, name: str, data: bytes) -> None:
+        # Crash safety: the content is written and fsync'd under a temporary name
+        # first; os.link() then publishes it under the final name only if that name
+        # is free (link(2) fails with EEXIST atomically, also on NFS). So the final
+        # name, once visible, always points to complete, durable content; a crash
+        # before the link leaves only an ignored temporary file, a crash after it
+        # leaves the complete object. O_EXCL + write would instead show a partial
+        # object to a concurrent reader (or after a crash). File systems without
+        # hard links (EPERM/ENOTSUP, e.g. some FUSE mounts) fall back to O_EXCL.
+        path = self._path(name)
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ObjectExists(f"object {name!r} already exists in {self.url}") from None
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                self._create_exclusive(path, name, data)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            _fsync_dir(path.parent)
+        except OSError as err:
+            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+
+    def _create_exclusive(self, path: Path, name: str, data: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise ObjectExists(f"object {name!r} already exists in {self.url}") from None
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            os.unlink(path)
+            _fsync_dir(path.parent)
+        except OSError as err:
+            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the deepest directory the prefix names; filter the rest by string.
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        if base:
+            check_name(base.rstrip("/"))
+        start = self.root / base if base else self.root
+        yield from self._walk(start, base, prefix)
+
+    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            if err.errno in _NOT_FOUND:
+                return
+            raise translate_oserror(err, f"directory {rel or '.'!r} in {self.url}") from err
+        for entry in entries:
+            if _TMP_MARK in entry.name:
+                continue
+            name = rel + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    sub = name + "/"
+                    if sub.startswith(prefix) or prefix.startswith(sub):
+                        yield from self._walk(Path(entry.path), sub, prefix)
+                    continue
+                if not name.startswith(prefix):
+                    continue
+                size = entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # removed while we listed
+            except OSError as err:
+                raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+            yield ObjectInfo(name, size)
+
+    def stat(self, name: str) -> ObjectInfo:
+        path = self._path(name)
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+        if not S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"object {name!r} does not exist in {self.url}")
+        return ObjectInfo(name, st.st_size)
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,111 @@
+"""A wrapper that retries transient I/O failures of any backend.
+
+Only :class:`BackendIOError` with ``transient=True`` is retried, with exponential
+backoff and jitter. Two outcomes of a retry are ambiguous and resolved here:
+
+* ``create`` failed transiently but had in fact succeeded: the retry sees
+  ``ObjectExists``; if the object holds exactly our bytes, it was ours — success.
+* ``delete`` failed transiently but had in fact succeeded: the retry sees
+  ``ObjectNotFound`` — the object is gone, which is what was asked.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from cargohold.backends.base import Backend, ObjectInfo
+from cargohold.errors import BackendIOError, ObjectExists, ObjectNotFound
+
+T = TypeVar("T")
+
+
+class RetryBackend:
+    """Retry transient failures of ``inner`` up to ``attempts`` times in all."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        attempts: int = 5,
+        base_delay: float = 0.05,
+        max_delay: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.inner = inner
+        self.url = inner.url
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        #: Number of retries done so far (for tests and statistics).
+        self.retries = 0
+
+    def __repr__(self) -> str:
+        return f"RetryBackend({self.inner!r}, attempts={self.attempts})"
+
+    def _call(self, fn: Callable[[], T], on_retry_error: Callable[[Exception], T | None] | None = None) -> T:
+        retried = False
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except BackendIOError as err:
+                if not err.transient or attempt == self.attempts - 1:
+                    raise
+            except (ObjectExists, ObjectNotFound) as err:
+                if retried and on_retry_error is not None:
+                    resolved = on_retry_error(err)
+                    if resolved is not None:
+                        return resolved
+                raise
+            retried = True
+            self.retries += 1
+            delay = min(self.max_delay, self.base_delay * (2**attempt))
+            self._sleep(delay * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._call(lambda: self.inner.load(name, offset, length))
+
+    def store(self, name: str, data: bytes) -> None:
+        self._call(lambda: self.inner.store(name, data))
+
+    def create(self, name: str, data: bytes) -> None:
+        def resolve(err: Exception) -> bool | None:
+            if isinstance(err, ObjectExists):
+                try:
+                    if self.inner.load(name) == bytes(data):
+                        return True
+                except (ObjectNotFound, BackendIOError):
+                    return None
+            return None
+
+        def attempt() -> bool:
+            self.inner.create(name, data)
+            return True
+
+        self._call(attempt, resolve)
+
+    def delete(self, name: str) -> None:
+        def resolve(err: Exception) -> bool | None:
+            return True if isinstance(err, ObjectNotFound) else None
+
+        def attempt() -> bool:
+            self.inner.delete(name)
+            return True
+
+        self._call(attempt, resolve)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Listing is retried as a whole, so a failure mid-way never yields duplicates.
+        yield from self._call(lambda: list(self.inner.list(prefix)))
+
+    def stat(self, name: str) -> ObjectInfo:
+        return self._call(lambda: self.inner.stat(name))
+
+    def close(self) -> None:
+        self.inner.close()
