@@ -57,17 +57,20 @@ def _root(
     ctx.obj = AppState(debug=debug, host=host, context=docker_context)
 
 
-def _register_commands() -> None:
-    from cargohold.cli import inventory
+#: Command modules, each with a ``register(app)``. Modules still being built may be absent.
+_COMMAND_MODULES = ("inventory", "repository", "audit", "docker_state")
 
-    inventory.register(app)
-    try:
-        repository = importlib.import_module("cargohold.cli.repository")
-    except ModuleNotFoundError as exc:  # pragma: no cover - while the repository CLI is being built
-        if exc.name != "cargohold.cli.repository":
-            raise
-        return
-    repository.register(app)
+
+def _register_commands() -> None:
+    for name in _COMMAND_MODULES:
+        module_name = f"cargohold.cli.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # pragma: no cover - only while a command group is built
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(app)
 
 
 _register_commands()
