@@ -106,27 +106,32 @@ def test_create_if_absent(backend: Backend) -> None:
     assert names(backend, "locks/") == ["locks/exclusive"]
 
 
+def _race_create(backend: Backend, name: str, contenders: int) -> tuple[list[int], list[int]]:
+    winners: list[int] = []
+    losers: list[int] = []
+    barrier = threading.Barrier(contenders)
+
+    def contender(i: int) -> None:
+        barrier.wait()
+        try:
+            backend.create(name, f"contender {i}".encode() * 1000)
+        except ObjectExists:
+            losers.append(i)
+        else:
+            winners.append(i)
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return winners, losers
+
+
 def test_create_race_has_one_winner(backend: Backend) -> None:
     for round_ in range(5):
         name = f"locks/race{round_}"
-        winners: list[int] = []
-        losers: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def contender(i: int, name: str = name) -> None:
-            barrier.wait()
-            try:
-                backend.create(name, f"contender {i}".encode() * 1000)
-            except ObjectExists:
-                losers.append(i)
-            else:
-                winners.append(i)
-
-        threads = [threading.Thread(target=contender, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        winners, losers = _race_create(backend, name, 8)
         assert len(winners) == 1, winners
         assert len(losers) == 7
         assert backend.load(name) == f"contender {winners[0]}".encode() * 1000
