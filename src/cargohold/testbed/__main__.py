@@ -1,0 +1,102 @@
+"""``python -m cargohold.testbed COMMAND``: set up the engine and the test images.
+
+engine               make sure an engine answers (start one if root on Linux); print its URL
+images [NAME ...]    build the missing test images (default: all)
+second-engine        start the second, independent engine; print its URL
+stop-second-engine   stop it (--purge also deletes its data)
+status               what answers and which images are up to date
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cargohold.errors import CargoholdError
+from cargohold.testbed.engine import (
+    DEFAULT_SECOND_BASE,
+    candidate_hosts,
+    engine_answers,
+    ensure_engine,
+    ensure_second_engine,
+    second_engine_host,
+    stop_second_engine,
+)
+from cargohold.testbed.images import ensure_images, image_status
+from cargohold.testbed.recipes import IMAGE_NAMES
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cargohold.testbed", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("engine", help="make sure a Docker engine answers; print its URL")
+    images = sub.add_parser("images", help="build the missing test images")
+    images.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"images to build (default: all of {', '.join(IMAGE_NAMES)})"
+    )
+    images.add_argument("--host", help="engine URL (default: the one `engine` finds)")
+    for name in ("second-engine", "stop-second-engine"):
+        cmd = sub.add_parser(name, help=f"{name.replace('-', ' ')} (in --base)")
+        cmd.add_argument(
+            "--base",
+            type=Path,
+            default=DEFAULT_SECOND_BASE,
+            help=f"its directory (short: socket paths are limited), default {DEFAULT_SECOND_BASE}",
+        )
+        if name == "stop-second-engine":
+            cmd.add_argument("--purge", action="store_true", help="also delete its data")
+    status = sub.add_parser("status", help="what answers and which images are up to date")
+    status.add_argument("--base", type=Path, default=DEFAULT_SECOND_BASE)
+    return parser
+
+
+def _status(base: Path) -> int:
+    host = next((h for h in candidate_hosts(os.environ) if engine_answers(h)), None)
+    print(f"engine:        {host or 'none answers'}")
+    second = second_engine_host(base)
+    print(f"second engine: {second} ({'answers' if engine_answers(second) else 'not running'})")
+    if host is None:
+        return 1
+    for name, (ref, present) in image_status(host).items():
+        print(f"image {name:9} {ref:42} {'present' if present else 'missing'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s testbed: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    started = time.monotonic()
+    try:
+        if args.command == "engine":
+            print(ensure_engine())
+        elif args.command == "images":
+            host = args.host or ensure_engine()
+            for name, ref in ensure_images(args.names or IMAGE_NAMES, host=host).items():
+                print(f"{name}\t{ref}")
+        elif args.command == "second-engine":
+            print(ensure_second_engine(args.base))
+        elif args.command == "stop-second-engine":
+            was = stop_second_engine(args.base, purge=args.purge)
+            print("stopped" if was else "was not running")
+        else:
+            return _status(args.base)
+    except CargoholdError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger("cargohold.testbed").info("done in %.1f s", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""A real Docker engine for the tests: use the one that answers, else install and start one.
+
+:func:`ensure_engine` returns a DOCKER_HOST-style URL of an engine that answers. On a
+Linux machine where we are root and none answers, it installs Debian's ``docker.io`` if
+``dockerd`` is missing and starts ``dockerd`` detached, with no bridge and no iptables
+rules (containers use ``network_mode`` host or none). :func:`ensure_second_engine`
+starts a second, independent engine (own data root, exec root, containerd namespace and
+socket) for migration tests; :func:`stop_second_engine` stops it.
+
+Never creates bridge or overlay networks and never initialises swarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from cargohold.docker.connect import DEFAULT_HOST
+from cargohold.errors import TestbedError
+from cargohold.testbed._system import apt_install, file_lock, is_linux_root, log, log_tail, state_dir
+
+#: dockerd flags that keep the engine off the machine's networks: no docker0 bridge
+#: (which would take a private address range), no iptables/NAT rules.
+NETWORK_FLAGS: tuple[str, ...] = (
+    "--bridge=none",
+    "--iptables=false",
+    "--ip-masq=false",
+    "--ip6tables=false",
+)
+
+DEFAULT_SECOND_BASE = Path("/run/cargohold-e2")
+#: sun_path holds 108 bytes on Linux (104 on BSDs); keep well below.
+MAX_SOCKET_PATH = 100
+#: The pidfile dockerd writes when started without --pidfile.
+DEFAULT_PIDFILE = Path("/var/run/docker.pid")
+#: The API version every engine of the test bed must speak (Docker 20.10).
+API_VERSION = "1.41"
+
+# Popen objects of the engines we started, so they are not reaped as garbage mid-run.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+# --- pure parts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecondEngineLayout:
+    """Where a second engine keeps everything, all under one short base directory."""
+
+    base: Path
+
+    @property
+    def data_root(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def exec_root(self) -> Path:
+        return self.base / "exec"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.base / "docker.pid"
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "docker.sock"
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def namespace(self) -> str:
+        """containerd namespace: distinct from the first engine's "moby" even if both
+        engines end up on one system containerd."""
+        return "cargohold-" + hashlib.sha256(str(self.base).encode()).hexdigest()[:8]
+
+    def check(self) -> None:
+        if not self.base.is_absolute():
+            raise TestbedError(f"the second engine's directory must be absolute, not {str(self.base)!r}")
+        if len(str(self.socket).encode()) > MAX_SOCKET_PATH:
+            raise TestbedError(
+                f"socket path {self.socket} is longer than {MAX_SOCKET_PATH} bytes "
+                "(unix sockets are limited to ~108)",
+                hint="use a short base directory such as /run/cargohold-e2",
+            )
+
+
+def dockerd_args(layout: SecondEngineLayout | None = None) -> list[str]:
+    """The dockerd command line: the default engine, or a second one in ``layout``."""
+    args = ["dockerd", *NETWORK_FLAGS]
+    if layout is not None:
+        args += [
+            f"--data-root={layout.data_root}",
+            f"--exec-root={layout.exec_root}",
+            f"--pidfile={layout.pidfile}",
+            f"--containerd-namespace={layout.namespace}",
+            f"--containerd-plugins-namespace={layout.namespace}-plugins",
+            f"--host={layout.host}",
+        ]
+    return args
+
+
+def candidate_hosts(env: Mapping[str, str]) -> list[str]:
+    """Where to look for an engine that answers: DOCKER_HOST, then the default socket."""
+    hosts: list[str] = []
+    if env.get("DOCKER_HOST", "").strip():
+        hosts.append(env["DOCKER_HOST"].strip())
+    if DEFAULT_HOST not in hosts:
+        hosts.append(DEFAULT_HOST)
+    return hosts
+
+
+# --- talking to an engine ------------------------------------------------------------------
+
+
+def engine_answers(host: str, *, timeout: float = 3.0) -> bool:
+    """True if a Docker engine answers a ping at ``host`` (never raises)."""
+    if host.startswith("unix://") and not Path(host[len("unix://") :]).exists():
+        return False
+    try:
+        client = docker.APIClient(base_url=host, version=API_VERSION, timeout=timeout)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _pid_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _wait_until_answers(
+    host: str, log_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if engine_answers(host, timeout=2.0):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise TestbedError(
+                f"dockerd exited with code {proc.returncode} before answering at {host}: "
+                f"{log_tail(log_path)}",
+                hint=f"full log: {log_path}",
+            )
+        time.sleep(0.2)
+    raise TestbedError(
+        f"dockerd did not answer at {host} within {timeout:.0f} s: {log_tail(log_path)}",
+        hint=f"full log: {log_path}",
+    )
+
+
+def _spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a long-lived daemon in its own session, detached from our terminal."""
+    log.info("starting %s (log: %s)", " ".join(args), log_path)
+    with open(log_path, "ab") as out:
+        out.write(f"\n$ {' '.join(args)}\n".encode())
+        out.flush()
+        try:
+            proc = subprocess.Popen(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise TestbedError(f"cannot start {args[0]}: {exc}") from exc
+    _STARTED.append(proc)
+    return proc
+
+
+def _need_root(what: str, host: str) -> None:
+    if not is_linux_root():
+        raise TestbedError(
+            f"no Docker engine answers at {host}; {what} needs root on Linux",
+            hint="start a Docker engine (API >= 1.41) and set DOCKER_HOST to it, "
+            "or run `python -m cargohold.testbed engine` as root on Linux",
+        )
+
+
+def _ensure_dockerd_installed() -> None:
+    if shutil.which("dockerd") is None:
+        apt_install(["docker.io"], why="dockerd is not installed")
+        if shutil.which("dockerd") is None:
+            raise TestbedError("docker.io was installed but dockerd is still not on PATH")
+
+
+# --- the engines ------------------------------------------------------------------------------
+
+
+def ensure_engine(*, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> str:
+    """Return the URL of a Docker engine that answers, starting a local one if needed.
+
+    Looks at ``DOCKER_HOST`` and then the default socket. When neither answers and we
+    are root on Linux: installs ``docker.io`` if ``dockerd`` is missing, starts
+    ``dockerd`` on the default socket and waits until it answers. Raises
+    :class:`~cargohold.errors.TestbedError` saying what to provide otherwise.
+    """
+    env = os.environ if env is None else env
+    hosts = candidate_hosts(env)
+    for host in hosts:
+        if engine_answers(host):
+            return host
+    _need_root("starting one", " or ".join(hosts))
+    with file_lock("engine"):
+        if engine_answers(DEFAULT_HOST):
+            return DEFAULT_HOST
+        _ensure_dockerd_installed()
+        log_path = state_dir() / "dockerd.log"
+        proc = None
+        if _pid_alive(DEFAULT_PIDFILE) is None:
+            proc = _spawn(dockerd_args(), log_path)
+        else:
+            log.info("dockerd is already starting (pid file %s); waiting", DEFAULT_PIDFILE)
+        _wait_until_answers(DEFAULT_HOST, log_path, proc, timeout)
+    return DEFAULT_HOST
+
+
+def second_engine_host(base_dir: Path | str = DEFAULT_SECOND_BASE) -> str:
+    return SecondEngineLayout(Path(base_dir)).host
+
+
+def ensure_second_engine(base_dir: Path | str = DEFAULT_SECOND_BASE, *, timeout: float = 60.0) -> str:
+    """Start (if not running) a second engine independent of the first; return its URL.
+
+    It has its own data root, exec root, pid file, containerd namespace and socket
+    ``unix://BASE/docker.sock``, and the same network flags as the first.
+    """
+    layout = SecondEngineLayout(Path(base_dir))
+    layout.check()
+    if engine_answers(layout.host):
+        return layout.host
+    _need_root("a second engine", layout.host)
+    _ensure_dockerd_installed()
+    with file_lock("engine-" + layout.namespace):
+        if engine_answers(layout.host):
+            return layout.host
+        layout.base.mkdir(parents=True, exist_ok=True)
+        log_path = state_dir() / f"dockerd-{layout.namespace}.log"
+        proc = None
+        if _pid_alive(layout.pidfile) is None:
+            with contextlib.suppress(FileNotFoundError):
+                layout.socket.unlink()
+            proc = _spawn(dockerd_args(layout), log_path)
+        _wait_until_answers(layout.host, log_path, proc, timeout)
+    return layout.host
+
+
+def stop_second_engine(
+    base_dir: Path | str = DEFAULT_SECOND_BASE, *, timeout: float = 30.0, purge: bool = False
+) -> bool:
+    """Stop the second engine in ``base_dir``; True if one was running.
+
+    With ``purge`` its data (images, volumes, containers) is deleted too.
+    """
+    layout = SecondEngineLayout(Path(base_dir))
+    layout.check()
+    with file_lock("engine-" + layout.namespace):
+        pid = _pid_alive(layout.pidfile)
+        if pid is not None:
+            log.info("stopping the second engine (pid %d)", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _pid_alive(layout.pidfile) == pid and time.monotonic() < deadline:
+                _reap()
+                time.sleep(0.2)
+            if _pid_alive(layout.pidfile) == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.5)
+            _reap()
+        if purge and layout.base.exists():
+            busy = _mounts_under(layout.base)
+            if busy:
+                raise TestbedError(
+                    f"not purging {layout.base}: {len(busy)} file systems are still mounted under it "
+                    f"(first: {busy[0]})"
+                )
+            shutil.rmtree(layout.base)
+    return pid is not None
+
+
+def _mounts_under(base: Path) -> list[str]:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = str(base).rstrip("/") + "/"
+    points = [line.split()[1] for line in lines if len(line.split()) > 1]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def _reap() -> None:
+    """Collect engines we started that have exited (no zombies)."""
+    for proc in list(_STARTED):
+        if proc.poll() is not None:
+            _STARTED.remove(proc)
