@@ -214,6 +214,7 @@ def _container_detail(data: Mapping[str, Any]) -> ContainerInfo:
         working_dir=config.get("WorkingDir") or "",
         restart_policy=restart,
         network_mode=host.get("NetworkMode") or "",
+        started_at=state.get("StartedAt") or "",
     )
 
 

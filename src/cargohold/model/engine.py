@@ -87,6 +87,8 @@ class ContainerInfo:
     working_dir: str = ""
     restart_policy: str = ""
     network_mode: str = ""
+    #: ISO time the container last started ("" if never; inspect only).
+    started_at: str = ""
 
     @property
     def short_id(self) -> str:
