@@ -215,6 +215,7 @@ def _container_detail(data: Mapping[str, Any]) -> ContainerInfo:
         restart_policy=restart,
         network_mode=host.get("NetworkMode") or "",
         started_at=state.get("StartedAt") or "",
+        env=_tuple(config.get("Env")),
     )
 
 

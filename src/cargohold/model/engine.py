@@ -89,6 +89,8 @@ class ContainerInfo:
     network_mode: str = ""
     #: ISO time the container last started ("" if never; inspect only).
     started_at: str = ""
+    #: Config.Env as "KEY=value" items (inspect only).
+    env: tuple[str, ...] = ()
 
     @property
     def short_id(self) -> str:
