@@ -55,6 +55,11 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = AppState(debug=debug, host=host, context=docker_context)
+    if ctx.invoked_subcommand != "recover":
+        from cargohold.cli.docker_state import recover_orphans_quietly
+
+        # Any invocation first puts back containers an interrupted run left stopped.
+        recover_orphans_quietly()
 
 
 #: Command modules, each with a ``register(app)``. Modules still being built may be absent.
