@@ -90,8 +90,7 @@ class SecondEngineLayout:
             raise TestbedError(f"the second engine's directory must be absolute, not {str(self.base)!r}")
         if len(str(self.socket).encode()) > MAX_SOCKET_PATH:
             raise TestbedError(
-                f"socket path {self.socket} is longer than {MAX_SOCKET_PATH} bytes "
-                "(unix sockets are limited to ~108)",
+                f"socket path {self.socket} is longer than {MAX_SOCKET_PATH} bytes (unix sockets are limited to ~108)",
                 hint="use a short base directory such as /run/cargohold-e2",
             )
 
@@ -154,17 +153,14 @@ def _pid_alive(pidfile: Path) -> int | None:
     return pid
 
 
-def _wait_until_answers(
-    host: str, log_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float
-) -> None:
+def _wait_until_answers(host: str, log_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if engine_answers(host, timeout=2.0):
             return
         if proc is not None and proc.poll() is not None:
             raise TestbedError(
-                f"dockerd exited with code {proc.returncode} before answering at {host}: "
-                f"{log_tail(log_path)}",
+                f"dockerd exited with code {proc.returncode} before answering at {host}: {log_tail(log_path)}",
                 hint=f"full log: {log_path}",
             )
         time.sleep(0.2)
@@ -300,8 +296,7 @@ def stop_second_engine(
             busy = _mounts_under(layout.base)
             if busy:
                 raise TestbedError(
-                    f"not purging {layout.base}: {len(busy)} file systems are still mounted under it "
-                    f"(first: {busy[0]})"
+                    f"not purging {layout.base}: {len(busy)} file systems are still mounted under it (first: {busy[0]})"
                 )
             shutil.rmtree(layout.base)
     return pid is not None

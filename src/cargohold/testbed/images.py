@@ -150,9 +150,7 @@ def busybox_recipe(binary: Path | None = None) -> tuple[BusyboxRecipe, bytes]:
     path = binary or _busybox_binary()
     data = path.read_bytes()
     try:
-        listed = subprocess.run(
-            [str(path), "--list-full"], capture_output=True, check=True, timeout=30
-        ).stdout.decode()
+        listed = subprocess.run([str(path), "--list-full"], capture_output=True, check=True, timeout=30).stdout.decode()
     except (OSError, subprocess.SubprocessError) as exc:
         raise TestbedError(f"cannot list the applets of {path}: {exc}") from exc
     applets = tuple(sorted({line.strip() for line in listed.splitlines() if line.strip()}))
@@ -290,6 +288,7 @@ def ensure_database_image(port: SdkDocker, recipe: DatabaseRecipe) -> str:
                 repository=recipe.repository,
                 tag=recipe.digest,
                 changes=recipe.changes(recipe.digest),
+                conf=recipe.commit_config(),
                 pause=False,
             )
             port.api.tag(recipe.ref, recipe.repository, "latest", force=True)

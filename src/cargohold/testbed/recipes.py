@@ -223,12 +223,17 @@ class DatabaseRecipe:
                 "base": self.base.digest,
                 "entrypoint": self.entrypoint(),
                 "changes": self.changes(""),
+                "config": self.commit_config(),
             }
         )
 
     @property
     def ref(self) -> str:
         return f"{self.repository}:{self.digest}"
+
+    def commit_config(self) -> dict[str, str]:
+        """Image settings ``docker commit`` takes only as configuration (not as changes)."""
+        return {"StopSignal": self.stop_signal}
 
     def ready(self, port: int | None = None) -> tuple[str, ...]:
         """The readiness command for a server listening on ``port`` (default port if None)."""
@@ -245,7 +250,6 @@ class DatabaseRecipe:
         out += [
             f"ENTRYPOINT {json.dumps([ENTRYPOINT_PATH])}",
             "CMD []",
-            f"STOPSIGNAL {self.stop_signal}",
             "WORKDIR /",
             f"LABEL {RECIPE_LABEL}={digest}",
         ]

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cargohold.docker.port import DockerPort
@@ -55,18 +56,51 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
-def is_leftover(labels: Mapping[str, str], *, owner: str, hostname: str | None = None) -> bool:
+#: Test resources without an owner label are swept once they are this old (seconds):
+#: younger ones may belong to a test that is running right now in another session.
+UNOWNED_GRACE = 1800.0
+
+
+def created_epoch(created: str) -> float | None:
+    """Seconds since the epoch from the engine's ``Created``: a number, or RFC 3339 text."""
+    text = created.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(text)
+    match = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})$", text)
+    if not match:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    try:
+        return datetime.fromisoformat(match.group(1) + zone).timestamp()
+    except ValueError:
+        return None
+
+
+def is_leftover(
+    labels: Mapping[str, str],
+    *,
+    owner: str,
+    created: str = "",
+    hostname: str | None = None,
+    now: float | None = None,
+) -> bool:
     """Whether a resource with these labels is ours to sweep.
 
-    Ours: test resources of ``owner``, test resources without an owner, and those of
-    owners on this host whose process is gone. Not ours: non-test resources and those
-    of live test sessions (possibly another engineer's run on the same engine).
+    Ours: test resources of ``owner``; those of owners on this host whose process is
+    gone; test resources without an owner label once older than :data:`UNOWNED_GRACE`
+    (or of unknown age). Not ours: non-test resources and those of live test sessions
+    (possibly another engineer's run on the same engine).
     """
     if labels.get(TEST_LABEL) != "1":
         return False
     who = labels.get(OWNER_LABEL, "")
-    if not who or who == owner:
+    if who == owner:
         return True
+    if not who:
+        born = created_epoch(created)
+        return born is None or (time.time() if now is None else now) - born > UNOWNED_GRACE
     host, _, pid_text = who.rpartition(":")
     if host != (hostname or socket.gethostname()) or not pid_text.isdigit():
         return False
@@ -85,7 +119,7 @@ def sweep(port: DockerPort, *, owner: str | None = None) -> SweepResult:
     me = owner or owner_id()
     result = SweepResult()
     for ctr in port.list_containers(all=True):
-        if is_leftover(ctr.labels, owner=me):
+        if is_leftover(ctr.labels, owner=me, created=ctr.created):
             try:
                 port.remove_container(ctr.id, force=True)
                 result.containers.append(ctr.name)
@@ -94,7 +128,7 @@ def sweep(port: DockerPort, *, owner: str | None = None) -> SweepResult:
             except CargoholdError as exc:
                 result.errors.append(f"container {ctr.name}: {exc}")
     for vol in port.list_volumes():
-        if is_leftover(vol.labels, owner=me):
+        if is_leftover(vol.labels, owner=me, created=vol.created_at):
             try:
                 port.remove_volume(vol.name, force=True)
                 result.volumes.append(vol.name)
@@ -143,9 +177,7 @@ class Resources:
         """Create a labelled named volume; return its name."""
         vol_name = name or unique_name(prefix)
         self.track_volume(vol_name)
-        self.port.create_volume(
-            vol_name, driver=driver, options=options, labels={**self.labels, **(labels or {})}
-        )
+        self.port.create_volume(vol_name, driver=driver, options=options, labels={**self.labels, **(labels or {})})
         return vol_name
 
     def container(
@@ -237,8 +269,7 @@ def wait_ready(
         state = port.inspect_container(container).state
         if state != "running":
             raise TestbedError(
-                f"{recipe.name} container {container} is {state or 'gone'}: "
-                f"{_one_line(port.logs(container, tail=15))}"
+                f"{recipe.name} container {container} is {state or 'gone'}: {_one_line(port.logs(container, tail=15))}"
             )
         last = port.exec(container, command)
         if last.exit_code == 0:
