@@ -1,0 +1,374 @@
+"""Backup of a directory tree: a bounded parallel pipeline.
+
+The walk (main thread) stats every entry, compares it with the parent snapshot and
+hands changed regular files to the *file* workers; they read, chunk and hash (keyed
+BLAKE3) and pass every new chunk to the *blob* workers, which compress (zstd), encrypt
+(AES-GCM) and put it into a pack (written by the thread that fills it). zstd, BLAKE3,
+AES-GCM and file I/O release the GIL, so both cores work. At most ``max_inflight``
+bytes of chunks wait between the stages, so memory stays bounded whatever the size of
+the data: reader buffers + in-flight chunks + one open pack per blob type.
+
+A file is not read again when the parent snapshot has it with the same size, mtime,
+ctime and inode (``ignore_inode`` compares only size and mtime, for sources that do
+not keep ctime/inode stable, like copies or network file systems) and all its chunks
+are in the index.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cargohold import __version__
+from cargohold.errors import UsageError
+from cargohold.repo.chunker import Chunker, ExtentReader, data_extents
+from cargohold.repo.crypto import Cipher
+from cargohold.repo.format import BlobType
+from cargohold.repo.fsnode import node_from_stat
+from cargohold.repo.progress import NullProgress, Progress
+from cargohold.repo.repository import Repository
+from cargohold.repo.snapshot import Snapshot, SnapshotStats, Source
+from cargohold.repo.tree import DIR, FILE, Node, Tree
+
+
+@dataclass
+class BackupOptions:
+    source: Source | None = None
+    tags: list[str] = field(default_factory=list)
+    parent: Snapshot | None = None
+    #: Compare only size and mtime with the parent (sources without stable ctime/inode).
+    ignore_inode: bool = False
+    #: Do not write a snapshot when nothing changed since the parent (the result says so).
+    skip_if_unchanged: bool = False
+    workers: int = 2
+    max_inflight: int = 32 * 1024 * 1024
+    progress: Progress = field(default_factory=NullProgress)
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot | None
+    tree: bytes
+    stats: SnapshotStats
+    parent: str | None
+    skipped: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Budget:
+    """A byte counter that blocks producers while too much data is in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            while self._used > 0 and self._used + n > self._limit:
+                self._cond.wait()
+            self._used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._used -= n
+            self._cond.notify_all()
+
+    def wait_empty(self) -> None:
+        with self._cond:
+            while self._used > 0:
+                self._cond.wait()
+
+
+class _Compressibility:
+    """Stop compressing the rest of a file whose first chunks did not shrink."""
+
+    __slots__ = ("shrank", "tried")
+    PROBE = 4
+
+    def __init__(self) -> None:
+        self.tried = 0
+        self.shrank = 0
+
+    @property
+    def compress(self) -> bool:
+        return self.tried < self.PROBE or self.shrank > 0
+
+    def record(self, shrank: bool) -> None:
+        self.tried += 1
+        if shrank:
+            self.shrank += 1
+
+
+class Archiver:
+    def __init__(self, repo: Repository, options: BackupOptions | None = None) -> None:
+        self.repo = repo
+        self.opts = options or BackupOptions()
+        self.stats = SnapshotStats()
+        self.warnings: list[str] = []
+        self._budget = _Budget(self.opts.max_inflight)
+        self._error: BaseException | None = None
+        self._local = threading.local()
+        self._stats_lock = threading.Lock()
+        self._file_pool: ThreadPoolExecutor | None = None
+        self._blob_pool: ThreadPoolExecutor | None = None
+
+    # --- public ---------------------------------------------------------------------
+
+    def run(self, path: str | os.PathLike[str]) -> BackupResult:
+        started = time.monotonic()
+        root = os.fsencode(os.path.abspath(path))
+        try:
+            st = os.stat(root)
+        except OSError as err:
+            raise UsageError(f"cannot back up {os.fsdecode(root)}: {err.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{os.fsdecode(root)} is not a directory")
+        source = self.opts.source or Source("path", os.fsdecode(root))
+        parent = self.opts.parent
+        parent_tree = self.repo.load_tree(parent.tree) if parent is not None else None
+        bytes0, raw0, blobs0 = self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs
+        self.opts.progress.start("backup")
+        self._file_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-read")
+        self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
+        try:
+            tree_id = self._walk(root, parent_tree)
+        finally:
+            self._file_pool.shutdown(wait=True, cancel_futures=True)
+            self._blob_pool.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+        root_node = node_from_stat(root, b"", st)
+        assert root_node is not None
+        root_node.subtree = tree_id
+        self.repo.flush()
+        self.opts.progress.finish()
+        stats = self.stats
+        stats.added_bytes = self.repo.added_bytes - bytes0
+        stats.added_raw_bytes = self.repo.added_raw_bytes - raw0
+        stats.blobs_added = self.repo.added_blobs - blobs0
+        stats.duration = round(time.monotonic() - started, 3)
+        if (
+            self.opts.skip_if_unchanged
+            and parent is not None
+            and parent.tree == tree_id
+            and parent.root is not None
+            and _comparable(parent.root) == _comparable(root_node)
+        ):
+            return BackupResult(None, tree_id, stats, parent.id, skipped=True, warnings=self.warnings)
+        snap = Snapshot(
+            tree=tree_id,
+            time=datetime.now(UTC),
+            source=source,
+            hostname=socket.gethostname(),
+            username=_username(),
+            tags=sorted(set(self.opts.tags)),
+            paths=[os.fsdecode(root)],
+            parent=parent.id if parent is not None else None,
+            program_version=__version__,
+            stats=stats,
+            root=root_node,
+        )
+        self.repo.save_snapshot(snap)
+        return BackupResult(snap, tree_id, stats, snap.parent, warnings=self.warnings)
+
+    # --- the walk -------------------------------------------------------------------
+
+    def _warn(self, msg: str) -> None:
+        with self._stats_lock:
+            self.warnings.append(msg)
+
+    def _walk(self, path: bytes, parent: Tree | None) -> bytes:
+        if self._error is not None:
+            raise self._error
+        previous = {n.name: n for n in parent.nodes} if parent is not None else {}
+        try:
+            names = _list_dir(path)
+        except OSError as err:
+            self._warn(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
+            names = []
+        nodes: list[Node] = []
+        pending: list[tuple[Node, Future[bool]]] = []
+        for name in names:
+            full = path + b"/" + name
+            try:
+                st = os.lstat(full)
+                node = node_from_stat(full, name, st)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                self._warn(f"{os.fsdecode(full)}: {err.strerror}")
+                continue
+            if node is None:
+                continue
+            prev = previous.get(name)
+            if node.type == DIR:
+                sub = None
+                if prev is not None and prev.type == DIR and prev.subtree is not None:
+                    sub = self.repo.load_tree(prev.subtree)
+                node.subtree = self._walk(full, sub)
+                self.stats.dirs += 1
+            elif node.type == FILE:
+                self.stats.files += 1
+                self.stats.bytes += node.size
+                if prev is not None and self._unchanged(prev, node):
+                    node.content = prev.content
+                    node.extents = prev.extents
+                    node.chunking = prev.chunking
+                    self.stats.files_unchanged += 1
+                    self.opts.progress.advance(node.size, 1)
+                else:
+                    if prev is None:
+                        self.stats.files_new += 1
+                    else:
+                        self.stats.files_changed += 1
+                    assert self._file_pool is not None
+                    pending.append((node, self._file_pool.submit(self._read_file, full, node, prev)))
+            else:
+                self.stats.others += 1
+            nodes.append(node)
+        failed: set[int] = set()
+        for node, fut in pending:
+            if not fut.result():
+                failed.add(id(node))
+        if failed:
+            nodes = [n for n in nodes if id(n) not in failed]
+        if self._error is not None:
+            raise self._error
+        return self.repo.save_tree(Tree(nodes))
+
+    def _unchanged(self, prev: Node, node: Node) -> bool:
+        if prev.type != FILE or prev.size != node.size or prev.mtime_ns != node.mtime_ns:
+            return False
+        if not self.opts.ignore_inode and (prev.ctime_ns != node.ctime_ns or prev.inode != node.inode):
+            return False
+        return all(self.repo.known(c) for c in prev.content)
+
+    # --- file workers ---------------------------------------------------------------
+
+    def _chunker(self) -> Chunker:
+        ch: Chunker | None = getattr(self._local, "chunker", None)
+        if ch is None:
+            ch = Chunker(self.repo.config.chunker, self.repo.key.chunker_seed)
+            self._local.chunker = ch
+        return ch
+
+    def _read_file(self, path: bytes, node: Node, prev: Node | None) -> bool:
+        """Read, chunk and hash one file; False when it could not be read (warned)."""
+        if self._error is not None:
+            return False
+        try:
+            fd = _open_noatime(path)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            self._warn(f"{os.fsdecode(path)}: cannot read: {err.strerror}")
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._warn(f"{os.fsdecode(path)}: replaced while reading")
+                return False
+            size = st.st_size
+            extents = data_extents(fd, size) if st.st_blocks * 512 < size else None
+            method = self.repo.config.chunker.choose(size, prev.chunking if prev is not None else None)
+            reader = ExtentReader(fd, extents, size)
+            content: list[bytes] = []
+            comp = _Compressibility()
+            total = 0
+            repo = self.repo
+            for data in self._chunker().chunks(reader, method):
+                if self._error is not None:
+                    return False
+                bid = repo.blob_id(data)
+                content.append(bid)
+                total += len(data)
+                if repo.reserve(bid):
+                    self._budget.acquire(len(data))
+                    assert self._blob_pool is not None
+                    try:
+                        self._blob_pool.submit(self._store, bid, data, comp)
+                    except BaseException:
+                        self._budget.release(len(data))
+                        repo.release(bid)
+                        raise
+                self.opts.progress.advance(len(data))
+            if extents is None:
+                if total != size:
+                    self._warn(f"{os.fsdecode(path)}: changed size while reading")
+                node.size = total
+            else:
+                node.size = size
+            node.content = content
+            node.extents = extents
+            node.chunking = method
+            self.opts.progress.advance(0, 1)
+            return True
+        except OSError as err:
+            self._warn(f"{os.fsdecode(path)}: read error: {err.strerror}")
+            return False
+        except BaseException as err:  # a bug or a backend error: stop the whole backup
+            if self._error is None:
+                self._error = err
+            return False
+        finally:
+            os.close(fd)
+
+    def _store(self, bid: bytes, data: bytes, comp: _Compressibility) -> None:
+        try:
+            if self._error is not None:
+                self.repo.release(bid)
+                return
+            stored = self.repo.encode(BlobType.DATA, bid, data, compress=comp.compress)
+            comp.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
+            self.repo.add_encoded(BlobType.DATA, bid, stored, len(data))
+        except BaseException as err:
+            self.repo.release(bid)
+            if self._error is None:
+                self._error = err
+        finally:
+            self._budget.release(len(data))
+
+
+def _comparable(node: Node) -> dict[str, object]:
+    """A node's metadata without its access time (reading a directory may update it)."""
+    d = node.to_json()
+    d.pop("atime_ns", None)
+    return d
+
+
+def _open_noatime(path: bytes, *, directory: bool = False) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    if directory:
+        flags |= os.O_DIRECTORY
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError:
+            pass
+    return os.open(path, flags)
+
+
+def _list_dir(path: bytes) -> list[bytes]:
+    """Entry names sorted by bytes, read without touching the directory's atime."""
+    fd = _open_noatime(path, directory=True)
+    try:
+        with os.scandir(fd) as it:
+            return sorted(os.fsencode(e.name) for e in it)
+    finally:
+        os.close(fd)
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

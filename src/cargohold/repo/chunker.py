@@ -1,0 +1,153 @@
+"""Cutting file contents into chunks.
+
+Two methods, recorded per file in its tree node (``chunking``) so the next backup of
+the same file keeps the same cut points:
+
+* ``cdc`` — content-defined chunking (FastCDC, per-repository gear seed) with ~1 MiB
+  chunks: insertions and deletions move only the chunks around them;
+* ``fixed:N`` — N-byte chunks aligned to the file start, for large files whose size is a
+  multiple of a database page (8 KiB): databases rewrite pages in place, so a rewritten
+  page dirties one small chunk instead of the ~1 MiB CDC chunk around it. This is what
+  makes one day of database change cheap (docs/FORMAT.md, "Chunking").
+
+A file is read through :class:`ExtentReader`, which yields only the data regions of a
+sparse file (the holes are recorded in the tree node, not stored).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyfastcdc import FastCDC
+
+CDC = "cdc"
+FIXED_PREFIX = "fixed:"
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    #: FastCDC minimum, "average" (pyfastcdc's avg_size: the real mean is avg + min) and maximum.
+    cdc_min: int = 512 * 1024
+    cdc_avg: int = 512 * 1024
+    cdc_max: int = 8 * 1024 * 1024
+    #: Chunk size for page-structured files.
+    fixed_size: int = 16 * 1024
+    #: A file is treated as page-structured when its size is a multiple of this ...
+    page_size: int = 8 * 1024
+    #: ... and it is at least this large.
+    fixed_min_file: int = 1024 * 1024
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChunkerParams:
+        return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def choose(self, size: int, previous: str | None) -> str:
+        """The method for a file of ``size`` bytes; ``previous`` = the method of the parent snapshot."""
+        if previous and (previous == CDC or previous.startswith(FIXED_PREFIX)):
+            return previous
+        if size >= self.fixed_min_file and size % self.page_size == 0:
+            return f"{FIXED_PREFIX}{self.fixed_size}"
+        return CDC
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """Data regions of a sparse file, or None when the file has no holes."""
+    extents: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            end = min(end, size)
+            if end > start:
+                extents.append((start, end - start))
+            pos = end
+    except OSError:
+        return None
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    if extents == [(0, size)]:
+        return None
+    return extents
+
+
+class ExtentReader:
+    """A file-like reader of the concatenated data regions of a file."""
+
+    def __init__(self, fd: int, extents: list[tuple[int, int]] | None, size: int) -> None:
+        self._fd = fd
+        self._extents = list(extents) if extents is not None else [(0, size)]
+        self._i = 0
+        self._pos = self._extents[0][0] if self._extents else 0
+
+    def readinto(self, buf: memoryview) -> int:
+        while self._i < len(self._extents):
+            start, length = self._extents[self._i]
+            end = start + length
+            if self._pos >= end:
+                self._i += 1
+                if self._i < len(self._extents):
+                    self._pos = self._extents[self._i][0]
+                continue
+            want = min(len(buf), end - self._pos)
+            n = os.preadv(self._fd, [buf[:want]], self._pos)
+            if n <= 0:  # the file shrank while we read it
+                self._i = len(self._extents)
+                return 0
+            self._pos += n
+            return n
+        return 0
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        got = self.readinto(memoryview(buf))
+        return bytes(buf[:got])
+
+
+class Chunker:
+    """Cuts a reader into chunks; one instance per thread (FastCDC objects are not shareable)."""
+
+    def __init__(self, params: ChunkerParams, seed: int) -> None:
+        self.params = params
+        self._cdc = FastCDC(params.cdc_avg, min_size=params.cdc_min, max_size=params.cdc_max, seed=seed)
+
+    def chunks(self, reader: ExtentReader, method: str) -> Iterator[bytes]:
+        if method.startswith(FIXED_PREFIX):
+            yield from self._fixed(reader, int(method[len(FIXED_PREFIX) :]))
+            return
+        for ch in self._cdc.cut_stream(reader):
+            yield bytes(ch.data)
+
+    @staticmethod
+    def _fixed(reader: ExtentReader, size: int) -> Iterator[bytes]:
+        block = max(size, (1024 * 1024 // size) * size)
+        buf = bytearray(block)
+        mv = memoryview(buf)
+        carry = b""
+        while True:
+            filled = 0
+            while filled < block:
+                n = reader.readinto(mv[filled:])
+                if n == 0:
+                    break
+                filled += n
+            data = carry + bytes(mv[:filled]) if carry else bytes(mv[:filled])
+            carry = b""
+            full = len(data) - len(data) % size
+            for off in range(0, full, size):
+                yield data[off : off + size]
+            rest = data[full:]
+            if filled < block:
+                if rest:
+                    yield rest
+                return
+            carry = rest

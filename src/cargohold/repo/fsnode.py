@@ -1,0 +1,96 @@
+"""Between the file system and tree nodes: read metadata for a node, apply it on restore."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+
+
+def node_type(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISSOCK(mode):
+        return SOCKET
+    if stat.S_ISCHR(mode):
+        return CHARDEV
+    if stat.S_ISBLK(mode):
+        return BLOCKDEV
+    return None
+
+
+def read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        out.append((os.fsencode(name), value))
+    return out
+
+
+def node_from_stat(path: bytes, name: bytes, st: os.stat_result) -> Node | None:
+    """A node with the metadata of ``st`` (content and subtree are filled in by the caller)."""
+    ntype = node_type(st.st_mode)
+    if ntype is None:
+        return None
+    node = Node(
+        name=name,
+        type=ntype,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        atime_ns=st.st_atime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        device=st.st_dev,
+        links=st.st_nlink,
+        size=st.st_size if ntype == FILE else 0,
+        xattrs=read_xattrs(path),
+    )
+    if ntype == SYMLINK:
+        node.target = os.readlink(path)
+    elif ntype in (CHARDEV, BLOCKDEV):
+        node.rdev = st.st_rdev
+    return node
+
+
+def apply_metadata(path: bytes, node: Node, *, owners: bool) -> list[str]:
+    """Owner, mode, xattrs and times of ``node`` onto ``path``; returns warnings."""
+    warnings: list[str] = []
+    is_link = node.type == SYMLINK
+    if owners:
+        try:
+            os.chown(path, node.uid, node.gid, follow_symlinks=False)
+        except OSError as err:
+            warnings.append(f"{os.fsdecode(path)}: cannot set owner: {err.strerror}")
+    if not is_link:
+        try:
+            os.chmod(path, node.mode)
+        except OSError as err:
+            warnings.append(f"{os.fsdecode(path)}: cannot set mode: {err.strerror}")
+    for k, v in node.xattrs:
+        try:
+            os.setxattr(path, k, v, follow_symlinks=False)
+        except OSError as err:
+            if err.errno not in (errno.ENOTSUP, errno.EPERM) or not is_link:
+                warnings.append(f"{os.fsdecode(path)}: cannot set xattr {os.fsdecode(k)}: {err.strerror}")
+    try:
+        os.utime(path, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+    except OSError as err:
+        warnings.append(f"{os.fsdecode(path)}: cannot set times: {err.strerror}")
+    return warnings

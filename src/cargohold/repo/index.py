@@ -1,0 +1,251 @@
+"""The blob index: where each blob lives.
+
+In memory, :class:`BlobTable` keeps one 48-byte record per blob (32-byte id, pack
+number, offset, stored length, plaintext length) in a sorted ``bytearray`` with a
+65,536-bucket directory on the first two id bytes, plus a small dict of recent
+additions merged in geometrically. That is ~48 bytes per blob (the issue allows 64);
+a ``dict`` keyed by ``bytes`` would cost ~250.
+
+On disk, index files (``index/<sha256>``) list packs and their blobs in a compact
+binary form (documented in docs/FORMAT.md); a new index may *supersede* older ones,
+which is how prune and ``check``'s rebuild replace index files without an atomic
+rename.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from cargohold.errors import IntegrityError, UnsupportedFormat
+from cargohold.repo.format import ID_SIZE, BlobType
+
+_REC = struct.Struct("<32sIIII")  # id, pack number, offset, length, raw length
+REC_SIZE = _REC.size  # 48
+_MERGE_MIN = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntry:
+    """One blob of a pack."""
+
+    id: bytes
+    type: BlobType
+    offset: int
+    length: int
+    raw_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    pack: bytes
+    type: BlobType
+    offset: int
+    length: int
+    raw_length: int
+
+
+@dataclass
+class PackRecord:
+    """A pack and the blobs it holds, as listed by an index file."""
+
+    id: bytes
+    type: BlobType
+    blobs: list[BlobEntry] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(b.length for b in self.blobs)
+
+
+class _Keys:
+    """A read-only sequence view of the ids of a record table (for ``bisect``)."""
+
+    __slots__ = ("_mv",)
+
+    def __init__(self, mv: memoryview) -> None:
+        self._mv = mv
+
+    def __len__(self) -> int:
+        return len(self._mv) // REC_SIZE
+
+    def __getitem__(self, i: int) -> bytes:
+        o = i * REC_SIZE
+        return bytes(self._mv[o : o + ID_SIZE])
+
+
+class BlobTable:
+    """A compact map blob id -> (pack number, offset, length, raw length)."""
+
+    def __init__(self) -> None:
+        self._main = bytearray()
+        self._buckets = array("I", bytes(4 * 65537))
+        self._pending: dict[bytes, tuple[int, int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._main) // REC_SIZE + len(self._pending)
+
+    def nbytes(self) -> int:
+        """Approximate memory held (main table, directory and pending dict)."""
+        return len(self._main) + len(self._buckets) * 4 + len(self._pending) * 200
+
+    def get(self, blob_id: bytes) -> tuple[int, int, int, int] | None:
+        p = self._pending.get(blob_id)
+        if p is not None:
+            return p
+        main = self._main
+        if not main:
+            return None
+        prefix = (blob_id[0] << 8) | blob_id[1]
+        lo = self._buckets[prefix]
+        hi = self._buckets[prefix + 1]
+        if lo == hi:
+            return None
+        mv = memoryview(main)
+        i = bisect_left(_Keys(mv), blob_id, lo, hi)
+        if i < hi:
+            o = i * REC_SIZE
+            if mv[o : o + ID_SIZE] == blob_id:
+                _, pack, off, length, raw = _REC.unpack_from(main, o)
+                return (pack, off, length, raw)
+        return None
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return self.get(blob_id) is not None
+
+    def add(self, blob_id: bytes, pack: int, offset: int, length: int, raw_length: int) -> None:
+        """Add a blob; the first location of a blob wins."""
+        if blob_id in self._pending or self.get(blob_id) is not None:
+            return
+        self._pending[blob_id] = (pack, offset, length, raw_length)
+        if len(self._pending) >= max(_MERGE_MIN, len(self._main) // REC_SIZE // 2):
+            self._merge()
+
+    def items(self) -> Iterator[tuple[bytes, int, int, int, int]]:
+        self._merge()
+        main = self._main
+        for o in range(0, len(main), REC_SIZE):
+            yield _REC.unpack_from(main, o)
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        main = self._main
+        keys = _Keys(memoryview(main))
+        out = bytearray()
+        prev = 0
+        n = len(keys)
+        for bid in sorted(self._pending):
+            pos = bisect_left(keys, bid, 0, n)
+            out += main[prev * REC_SIZE : pos * REC_SIZE]
+            out += _REC.pack(bid, *self._pending[bid])
+            prev = pos
+        out += main[prev * REC_SIZE :]
+        self._pending = {}
+        self._main = out
+        buckets = array("I", bytes(4 * 65537))
+        count = len(out) // REC_SIZE
+        # buckets[p] = first record whose 2-byte prefix is >= p
+        j = 0
+        for p in range(65536):
+            while j < count and ((out[j * REC_SIZE] << 8) | out[j * REC_SIZE + 1]) < p:
+                j += 1
+            buckets[p] = j
+        buckets[65536] = count
+        self._buckets = buckets
+
+
+class MasterIndex:
+    """All packs and blobs known to this process (loaded index files + packs written)."""
+
+    def __init__(self) -> None:
+        self.packs: list[bytes] = []
+        self.pack_types: list[BlobType] = []
+        self._pack_no: dict[bytes, int] = {}
+        self.table = BlobTable()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def add_pack(self, pack: PackRecord) -> None:
+        no = self._pack_no.get(pack.id)
+        if no is None:
+            no = len(self.packs)
+            self.packs.append(pack.id)
+            self.pack_types.append(pack.type)
+            self._pack_no[pack.id] = no
+        for b in pack.blobs:
+            self.table.add(b.id, no, b.offset, b.length, b.raw_length)
+
+    def has_pack(self, pack_id: bytes) -> bool:
+        return pack_id in self._pack_no
+
+    def lookup(self, blob_id: bytes) -> Location | None:
+        hit = self.table.get(blob_id)
+        if hit is None:
+            return None
+        pack, off, length, raw = hit
+        return Location(self.packs[pack], self.pack_types[pack], off, length, raw)
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return self.table.get(blob_id) is not None
+
+    def blobs(self) -> Iterator[tuple[bytes, Location]]:
+        for bid, pack, off, length, raw in self.table.items():
+            yield bid, Location(self.packs[pack], self.pack_types[pack], off, length, raw)
+
+
+# --- index files ------------------------------------------------------------------
+
+_MAGIC = b"CHIX"
+_HDR = struct.Struct("<4sBII")  # magic, version, n_supersedes, n_packs
+_PACK = struct.Struct("<32sBI")  # pack id, type, n_blobs
+_ENTRY = struct.Struct("<32sIII")  # blob id, offset, length, raw length
+
+
+def encode_index(packs: Iterable[PackRecord], supersedes: Iterable[bytes] = ()) -> bytes:
+    """The plaintext of an index file."""
+    sup = list(supersedes)
+    plist = list(packs)
+    out = bytearray(_HDR.pack(_MAGIC, 1, len(sup), len(plist)))
+    for s in sup:
+        out += s
+    for p in plist:
+        out += _PACK.pack(p.id, int(p.type), len(p.blobs))
+        for b in p.blobs:
+            out += _ENTRY.pack(b.id, b.offset, b.length, b.raw_length)
+    return bytes(out)
+
+
+def decode_index(data: bytes, *, what: str) -> tuple[list[PackRecord], list[bytes]]:
+    """Packs and superseded index ids of an index file's plaintext."""
+    try:
+        magic, version, nsup, npacks = _HDR.unpack_from(data, 0)
+        if magic != _MAGIC:
+            raise IntegrityError(f"{what}: not an index file")
+        if version != 1:
+            raise UnsupportedFormat(f"{what}: index version {version} is not supported")
+        pos = _HDR.size
+        sup = []
+        for _ in range(nsup):
+            sup.append(bytes(data[pos : pos + ID_SIZE]))
+            pos += ID_SIZE
+        packs: list[PackRecord] = []
+        for _ in range(npacks):
+            pid, ptype, nblobs = _PACK.unpack_from(data, pos)
+            pos += _PACK.size
+            btype = BlobType(ptype)
+            rec = PackRecord(pid, btype)
+            for _ in range(nblobs):
+                bid, off, length, raw = _ENTRY.unpack_from(data, pos)
+                pos += _ENTRY.size
+                rec.blobs.append(BlobEntry(bid, btype, off, length, raw))
+            packs.append(rec)
+    except (struct.error, ValueError) as err:
+        raise IntegrityError(f"{what}: malformed index ({err})") from None
+    if pos != len(data):
+        raise IntegrityError(f"{what}: trailing bytes in index")
+    return packs, sup

@@ -1,0 +1,417 @@
+"""The repository: config, blobs in packs, the index and snapshots over one backend.
+
+Thread safe for writers: any number of threads may :meth:`Repository.reserve` and
+:meth:`Repository.add_encoded` blobs; a full pack is written by the thread that filled
+it, outside the lock. :meth:`Repository.flush` writes the open packs, then one index
+file for every pack written since the last flush. A snapshot saved after ``flush`` is
+the commit point: packs and index files without a snapshot are harmless leftovers that
+``prune`` removes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cargohold.backends.base import Backend
+from cargohold.errors import (
+    BackendError,
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+)
+from cargohold.repo.chunker import ChunkerParams
+from cargohold.repo.crypto import Cipher, MasterKey, blob_id
+from cargohold.repo.format import (
+    AD_INDEX,
+    AD_SNAPSHOT,
+    FORMAT_VERSION,
+    PACK_SIZE,
+    BlobType,
+    decode_blob,
+    decode_object,
+    encode_blob,
+    encode_object,
+    pack_name,
+    parse_hex_id,
+    sha256_hex,
+)
+from cargohold.repo.index import MasterIndex, PackRecord, decode_index, encode_index
+from cargohold.repo.pack import PackBuilder
+from cargohold.repo.snapshot import Snapshot
+from cargohold.repo.tree import Tree
+
+CONFIG_NAME = "config"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """The plaintext ``config`` object: format version and settings every writer must share."""
+
+    id: str
+    version: int = FORMAT_VERSION
+    created: str = ""
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    compression_level: int = 3
+    pack_size: int = PACK_SIZE
+
+    def encode(self) -> bytes:
+        doc = {
+            "version": self.version,
+            "id": self.id,
+            "created": self.created,
+            "chunker": self.chunker.to_json(),
+            "compression_level": self.compression_level,
+            "pack_size": self.pack_size,
+        }
+        return json.dumps(doc, sort_keys=True, indent=2).encode("utf-8") + b"\n"
+
+    @classmethod
+    def decode(cls, data: bytes) -> RepoConfig:
+        try:
+            d: dict[str, Any] = json.loads(data)
+            version = d["version"]
+        except (ValueError, KeyError, TypeError):
+            raise UnsupportedFormat("the repository config is not a cargohold config") from None
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository format version {version!r} is not supported (this is {FORMAT_VERSION})"
+            )
+        try:
+            return cls(
+                id=str(d["id"]),
+                version=int(version),
+                created=str(d.get("created", "")),
+                chunker=ChunkerParams.from_json(d.get("chunker", {})),
+                compression_level=int(d.get("compression_level", 3)),
+                pack_size=int(d.get("pack_size", PACK_SIZE)),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise UnsupportedFormat(f"malformed repository config ({err})") from None
+
+
+@dataclass
+class LoadReport:
+    """Index files that could not be read while opening (``check`` reports them)."""
+
+    damaged_index: dict[str, str] = field(default_factory=dict)
+
+
+def read_config(backend: Backend) -> RepoConfig:
+    try:
+        data = backend.load(CONFIG_NAME)
+    except ObjectNotFound:
+        raise RepositoryNotFound(f"no repository at {backend.url}") from None
+    return RepoConfig.decode(data)
+
+
+class Repository:
+    """An open repository. Use :meth:`init` or :meth:`open`."""
+
+    def __init__(self, backend: Backend, key: MasterKey, config: RepoConfig, key_id: str = "") -> None:
+        self.backend = backend
+        self.key = key
+        self.key_id = key_id
+        self.config = config
+        self.cipher = Cipher(key)
+        self.index = MasterIndex()
+        self.load_report = LoadReport()
+        self.index_ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._inflight: set[bytes] = set()
+        self._builders: dict[BlobType, PackBuilder] = {t: PackBuilder(t) for t in BlobType}
+        self._unindexed: list[PackRecord] = []
+        self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
+        self.added_bytes = 0
+        self.added_raw_bytes = 0
+        self.added_blobs = 0
+        self.packs_written = 0
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: str,
+        *,
+        kdf: Any = None,
+        chunker: ChunkerParams | None = None,
+        compression_level: int = 3,
+    ) -> Repository:
+        from cargohold.repo import keys as keys
+
+        try:
+            backend.stat(CONFIG_NAME)
+        except ObjectNotFound:
+            pass
+        else:
+            raise RepositoryExists(f"a repository exists already at {backend.url}")
+        master = MasterKey.generate()
+        config = RepoConfig(
+            id=secrets.token_hex(16),
+            created=datetime.now(UTC).isoformat(),
+            chunker=chunker or ChunkerParams(),
+            compression_level=compression_level,
+        )
+        key_id = keys.create_key(backend, password, master, label="initial", kdf=kdf)
+        try:
+            backend.create(CONFIG_NAME, config.encode())
+        except ObjectExists:
+            raise RepositoryExists(f"a repository exists already at {backend.url}") from None
+        return cls(backend, master, config, key_id)
+
+    @classmethod
+    def open(cls, backend: Backend, password: str, *, load_index: bool = True) -> Repository:
+        from cargohold.repo import keys as keys
+
+        config = read_config(backend)
+        master, key_id = keys.unlock(backend, password)
+        repo = cls(backend, master, config, key_id)
+        if load_index:
+            repo.load_index()
+        return repo
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # --- ids and blobs --------------------------------------------------------------
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return blob_id(self.key, data)
+
+    def known(self, bid: bytes) -> bool:
+        return bid in self._inflight or bid in self.index
+
+    def reserve(self, bid: bytes) -> bool:
+        """True when the caller must store this blob (not known, not being stored)."""
+        with self._lock:
+            if bid in self._inflight or bid in self.index:
+                return False
+            self._inflight.add(bid)
+            return True
+
+    def release(self, bid: bytes) -> None:
+        """Give up a reservation (the blob was not stored)."""
+        with self._lock:
+            self._inflight.discard(bid)
+
+    def encode(
+        self, btype: BlobType, bid: bytes, data: bytes | memoryview, *, compress: bool = True
+    ) -> bytes:
+        level = self.config.compression_level
+        return encode_blob(self.cipher, btype, bid, data, level=level, compress=compress)
+
+    def add_encoded(self, btype: BlobType, bid: bytes, stored: bytes, raw_length: int) -> None:
+        """Put an encoded blob into the open pack of its type; write the pack when full."""
+        full: PackBuilder | None = None
+        with self._lock:
+            b = self._builders[btype]
+            b.add(bid, stored, raw_length)
+            self.added_bytes += len(stored)
+            self.added_raw_bytes += raw_length
+            self.added_blobs += 1
+            if b.size >= self.config.pack_size:
+                full = b
+                self._builders[btype] = PackBuilder(btype)
+        if full is not None:
+            self._write_pack(full)
+
+    def save_blob(self, btype: BlobType, data: bytes) -> bytes:
+        """Store a blob (if new) and return its id."""
+        bid = self.blob_id(data)
+        if self.reserve(bid):
+            try:
+                stored = self.encode(btype, bid, data)
+            except BaseException:
+                self.release(bid)
+                raise
+            self.add_encoded(btype, bid, stored, len(data))
+        return bid
+
+    def _write_pack(self, builder: PackBuilder) -> None:
+        pack_id, data, rec = builder.finish(self.cipher)
+        self.backend.store(pack_name(pack_id), data)
+        with self._lock:
+            self.index.add_pack(rec)
+            self._unindexed.append(rec)
+            for b in rec.blobs:
+                self._inflight.discard(b.id)
+            self.packs_written += 1
+
+    def flush(self) -> list[str]:
+        """Write open packs, then an index file for every pack not yet indexed."""
+        with self._lock:
+            builders = [b for b in self._builders.values() if len(b)]
+            self._builders = {t: PackBuilder(t) for t in BlobType}
+        for b in builders:
+            self._write_pack(b)
+        with self._lock:
+            recs = self._unindexed
+            self._unindexed = []
+        if not recs:
+            return []
+        return [self.write_index(recs)]
+
+    def write_index(self, packs: list[PackRecord], supersedes: tuple[str, ...] = ()) -> str:
+        plain = encode_index(packs, [bytes.fromhex(s) for s in supersedes])
+        stored = encode_object(self.cipher, plain, AD_INDEX)
+        name = sha256_hex(stored)
+        self.backend.store(f"index/{name}", stored)
+        self.index_ids.add(name)
+        return name
+
+    def load_blob(self, btype: BlobType, bid: bytes) -> bytes:
+        loc = self.index.lookup(bid)
+        if loc is None:
+            raise IntegrityError(f"{btype.name.lower()} blob {bid.hex()} is not in the index")
+        what = f"pack {loc.pack.hex()}"
+        try:
+            stored = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
+        except ObjectNotFound:
+            raise IntegrityError(f"{what} is missing (needed for blob {bid.hex()})") from None
+        if len(stored) != loc.length:
+            raise IntegrityError(f"{what} is truncated (blob {bid.hex()})")
+        plain = decode_blob(self.cipher, btype, bid, stored, loc.raw_length)
+        return plain
+
+    def load_tree(self, tid: bytes) -> Tree:
+        with self._lock:
+            t = self._tree_cache.get(tid)
+            if t is not None:
+                self._tree_cache.move_to_end(tid)
+                return t
+        data = self.load_blob(BlobType.TREE, tid)
+        if self.blob_id(data) != tid:
+            raise IntegrityError(f"tree blob {tid.hex()}: content does not match its id")
+        t = Tree.decode(data, what=f"tree {tid.hex()}")
+        with self._lock:
+            self._tree_cache[tid] = t
+            while len(self._tree_cache) > 512:
+                self._tree_cache.popitem(last=False)
+        return t
+
+    def save_tree(self, tree: Tree) -> bytes:
+        return self.save_blob(BlobType.TREE, tree.encode())
+
+    # --- index ----------------------------------------------------------------------
+
+    def list_index_files(self) -> list[str]:
+        return sorted(
+            info.name.rsplit("/", 1)[1]
+            for info in self.backend.list("index/")
+            if parse_hex_id(info.name.rsplit("/", 1)[1]) is not None
+        )
+
+    def read_index_file(self, name: str) -> tuple[list[PackRecord], list[bytes]]:
+        what = f"index/{name}"
+        try:
+            stored = self.backend.load(what)
+        except ObjectNotFound:
+            raise IntegrityError(f"{what} is missing") from None
+        if sha256_hex(stored) != name:
+            raise IntegrityError(f"{what}: content does not match its name")
+        return decode_index(decode_object(self.cipher, stored, AD_INDEX, what=what), what=what)
+
+    def load_index(self) -> None:
+        """Read every index file (in parallel); damaged ones are noted, not fatal."""
+        names = self.list_index_files()
+        results: dict[str, tuple[list[PackRecord], list[bytes]]] = {}
+        report = LoadReport()
+
+        def one(name: str) -> None:
+            try:
+                results[name] = self.read_index_file(name)
+            except (IntegrityError, BackendError) as err:
+                report.damaged_index[name] = str(err)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(one, names))
+        superseded: set[str] = set()
+        for _packs, sup in results.values():
+            superseded.update(s.hex() for s in sup)
+        index = MasterIndex()
+        for name in sorted(results):
+            if name in superseded:
+                continue
+            for p in results[name][0]:
+                index.add_pack(p)
+        index.table.items()  # compact: merge the pending additions
+        with self._lock:
+            self.index = index
+            self.index_ids = set(results) - superseded
+            self.load_report = report
+
+    # --- snapshots ------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        stored = encode_object(self.cipher, snap.encode(), AD_SNAPSHOT)
+        sid = sha256_hex(stored)
+        self.backend.store(f"snapshots/{sid}", stored)
+        snap.id = sid
+        return sid
+
+    def list_snapshot_ids(self) -> list[str]:
+        return sorted(
+            info.name.rsplit("/", 1)[1]
+            for info in self.backend.list("snapshots/")
+            if parse_hex_id(info.name.rsplit("/", 1)[1]) is not None
+        )
+
+    def load_snapshot(self, sid: str) -> Snapshot:
+        what = f"snapshots/{sid}"
+        try:
+            stored = self.backend.load(what)
+        except ObjectNotFound:
+            from cargohold.errors import SnapshotNotFound
+
+            raise SnapshotNotFound(f"snapshot {sid} not found") from None
+        if sha256_hex(stored) != sid:
+            raise IntegrityError(f"{what}: content does not match its name")
+        return Snapshot.decode(decode_object(self.cipher, stored, AD_SNAPSHOT, what=what), snap_id=sid)
+
+    def snapshots(self, errors: dict[str, str] | None = None) -> list[Snapshot]:
+        """Every readable snapshot, oldest first; unreadable ones go to ``errors`` (or raise)."""
+        ids = self.list_snapshot_ids()
+        out: list[Snapshot] = []
+        failed: dict[str, str] = {}
+
+        def one(sid: str) -> Snapshot | None:
+            try:
+                return self.load_snapshot(sid)
+            except (IntegrityError, BackendError) as err:
+                failed[sid] = str(err)
+                return None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for s in pool.map(one, ids):
+                if s is not None:
+                    out.append(s)
+        if failed:
+            if errors is None:
+                sid, msg = sorted(failed.items())[0]
+                raise IntegrityError(f"snapshot {sid} is damaged: {msg}")
+            errors.update(failed)
+        out.sort(key=lambda s: (s.time, s.id))
+        return out
+
+    def delete_snapshot(self, sid: str) -> None:
+        self.backend.delete(f"snapshots/{sid}")
+
+    # --- packs ----------------------------------------------------------------------
+
+    def list_packs(self) -> Iterator[tuple[bytes, int]]:
+        for info in self.backend.list("data/"):
+            pid = parse_hex_id(info.name.rsplit("/", 1)[1])
+            if pid is not None:
+                yield pid, info.size
