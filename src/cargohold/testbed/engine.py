@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -80,6 +82,24 @@ class SecondEngineLayout:
         return f"unix://{self.socket}"
 
     @property
+    def config_file(self) -> Path:
+        return self.base / "daemon.json"
+
+    @property
+    def key_file(self) -> Path:
+        return self.base / "key.json"
+
+    def daemon_config(self, dockerd_major: int | None) -> dict[str, str]:
+        """Its own daemon.json, so /etc/docker/daemon.json of the first engine does not apply.
+
+        Before Docker 23 the engine ID comes from a key file shared by default
+        (/etc/docker/key.json); a second engine with the same ID would not look independent.
+        """
+        if dockerd_major is not None and dockerd_major < 23:
+            return {"deprecated-key-path": str(self.key_file)}
+        return {}
+
+    @property
     def namespace(self) -> str:
         """containerd namespace: distinct from the first engine's "moby" even if both
         engines end up on one system containerd."""
@@ -103,11 +123,18 @@ def dockerd_args(layout: SecondEngineLayout | None = None) -> list[str]:
             f"--data-root={layout.data_root}",
             f"--exec-root={layout.exec_root}",
             f"--pidfile={layout.pidfile}",
+            f"--config-file={layout.config_file}",
             f"--containerd-namespace={layout.namespace}",
             f"--containerd-plugins-namespace={layout.namespace}-plugins",
             f"--host={layout.host}",
         ]
     return args
+
+
+def parse_dockerd_major(version_text: str) -> int | None:
+    """19/20/23... from ``dockerd --version`` ("Docker version 20.10.24+dfsg1, build ...")."""
+    match = re.search(r"version (\d+)\.", version_text)
+    return int(match.group(1)) if match else None
 
 
 def candidate_hosts(env: Mapping[str, str]) -> list[str]:
@@ -200,6 +227,14 @@ def _need_root(what: str, host: str) -> None:
         )
 
 
+def _dockerd_major() -> int | None:
+    try:
+        out = subprocess.run(["dockerd", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_dockerd_major(out)
+
+
 def _ensure_dockerd_installed() -> None:
     if shutil.which("dockerd") is None:
         apt_install(["docker.io"], why="dockerd is not installed")
@@ -258,6 +293,8 @@ def ensure_second_engine(base_dir: Path | str = DEFAULT_SECOND_BASE, *, timeout:
         if engine_answers(layout.host):
             return layout.host
         layout.base.mkdir(parents=True, exist_ok=True)
+        config = layout.daemon_config(_dockerd_major())
+        layout.config_file.write_text(json.dumps(config, indent=2) + "\n")
         log_path = state_dir() / f"dockerd-{layout.namespace}.log"
         proc = None
         if _pid_alive(layout.pidfile) is None:
