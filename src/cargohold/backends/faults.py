@@ -7,6 +7,8 @@ index ``N``:
   (``transient`` as planned; ``fail_times`` consecutive counted operations fail);
 * ``truncate_at`` — a write stores only the first half of its data, then raises
   :class:`BackendIOError` (a torn write of a broken store); other operations just fail;
+* ``lose_ack_at`` — the operation is done, then raises :class:`BackendIOError` as if
+  the answer was lost on the way (the caller cannot tell it succeeded);
 * ``crash_at`` — the operation is not done and raises :class:`FaultCrash`, a
   ``BaseException`` nothing in cargohold catches, and every later operation of any
   kind raises it too: the "process" is dead, as after a SIGKILL.
@@ -38,6 +40,7 @@ class FaultPlan:
     truncate_at: int | None = None
     crash_at: int | None = None
     ops: frozenset[str] = field(default=WRITE_OPS)
+    lose_ack_at: int | None = None
     #: Whether the injected BackendIOError says a retry may help.
     transient: bool = False
     #: How many consecutive counted operations fail from ``fail_at`` on.
@@ -70,7 +73,7 @@ class FaultBackend:
         return f"FaultBackend({self.inner!r}, {self.plan!r})"
 
     def _next(self, kind: str, name: str) -> str | None:
-        """Count the operation; return the fault to inject: 'fail', 'truncate', 'crash' or None."""
+        """Count the operation; return the fault to inject: 'fail', 'truncate', 'lose_ack' or None."""
         with self._lock:
             if self.crashed:
                 raise FaultCrash(f"process crashed before {kind} {name!r}")
@@ -87,6 +90,8 @@ class FaultBackend:
                 return "fail"
             if plan.truncate_at is not None and index == plan.truncate_at:
                 return "truncate"
+            if plan.lose_ack_at is not None and index == plan.lose_ack_at:
+                return "lose_ack"
             return None
 
     def _fail(self, kind: str, name: str) -> BackendIOError:
@@ -97,6 +102,8 @@ class FaultBackend:
 
     def _run(self, kind: str, name: str, fn: Callable[[], T]) -> T:
         fault = self._next(kind, name)
+        if fault == "lose_ack":
+            fn()
         if fault is not None:
             raise self._fail(kind, name)
         return fn()
@@ -105,6 +112,8 @@ class FaultBackend:
         fault = self._next(kind, name)
         if fault == "truncate":
             fn(name, bytes(data[: len(data) // 2]))
+        elif fault == "lose_ack":
+            fn(name, data)
         if fault is not None:
             raise self._fail(kind, name)
         fn(name, data)

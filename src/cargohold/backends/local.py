@@ -41,9 +41,7 @@ def translate_oserror(err: OSError, what: str) -> BackendError:
     if code in (errno.ENOSPC, errno.EDQUOT):
         return BackendIOError(f"no space left writing {what}", hint="free space or use another repository")
     if code == errno.EIO:
-        return BackendIOError(
-            f"I/O error on {what}", hint="the disk may be failing; check the kernel log (dmesg)"
-        )
+        return BackendIOError(f"I/O error on {what}", hint="the disk may be failing; check the kernel log (dmesg)")
     return BackendIOError(f"{what}: {reason}", transient=code in _TRANSIENT)
 
 
@@ -197,14 +195,20 @@ class LocalBackend:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the deepest directory the prefix names; filter the rest by string.
+        # Symbolic links are followed (a user may put data/ on another disk); a set of
+        # visited directories guards against loops.
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
         if base:
             check_name(base.rstrip("/"))
         start = self.root / base if base else self.root
-        yield from self._walk(start, base, prefix)
+        yield from self._walk(start, base, prefix, set())
 
-    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+    def _walk(self, directory: Path, rel: str, prefix: str, seen: set[tuple[int, int]]) -> Iterator[ObjectInfo]:
         try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
@@ -216,16 +220,16 @@ class LocalBackend:
                 continue
             name = rel + entry.name
             try:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir():
                     sub = name + "/"
                     if sub.startswith(prefix) or prefix.startswith(sub):
-                        yield from self._walk(Path(entry.path), sub, prefix)
+                        yield from self._walk(Path(entry.path), sub, prefix, seen)
                     continue
-                if not name.startswith(prefix):
+                if not name.startswith(prefix) or not entry.is_file():
                     continue
-                size = entry.stat(follow_symlinks=False).st_size
+                size = entry.stat().st_size
             except FileNotFoundError:
-                continue  # removed while we listed
+                continue  # removed while we listed (or a dangling link)
             except OSError as err:
                 raise translate_oserror(err, f"object {name!r} in {self.url}") from err
             yield ObjectInfo(name, size)
