@@ -62,9 +62,7 @@ class MasterKey:
 
     def to_bytes(self) -> bytes:
         """``"CHMK" | version u8 | enc_key 32 | id_key 32 | chunker_seed u32 BE`` (73 bytes)."""
-        return struct.pack(
-            _MASTER_FMT, _MASTER_MAGIC, _MASTER_VERSION, self.enc_key, self.id_key, self.chunker_seed
-        )
+        return struct.pack(_MASTER_FMT, _MASTER_MAGIC, _MASTER_VERSION, self.enc_key, self.id_key, self.chunker_seed)
 
     @classmethod
     def from_bytes(cls, b: bytes) -> MasterKey:

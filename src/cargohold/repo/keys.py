@@ -85,9 +85,7 @@ class KdfParams:
             return cls.DEFAULT
         if choice == "fast":
             return cls.FAST
-        raise UsageError(
-            f"CARGOHOLD_KDF={choice!r} is not known", hint="use 'default' or 'fast' (tests only)"
-        )
+        raise UsageError(f"CARGOHOLD_KDF={choice!r} is not known", hint="use 'default' or 'fast' (tests only)")
 
     def derive(self, password: str, salt: bytes) -> bytes:
         """The 32-byte key argon2id derives from ``password`` and ``salt``."""
@@ -181,15 +179,11 @@ def _decode(slot_id: str, raw: bytes) -> _Slot:
         raise IntegrityError(f"{where} is damaged: not a JSON object")
     version = doc.get("version")
     if version != SLOT_VERSION:
-        raise UnsupportedFormat(
-            f"{where} has format version {version!r}; this cargohold reads {SLOT_VERSION}"
-        )
+        raise UnsupportedFormat(f"{where} has format version {version!r}; this cargohold reads {SLOT_VERSION}")
     try:
         kdf = doc["kdf"]
         if kdf["algorithm"] != "argon2id" or doc["aead"] != "aes-256-gcm":
-            raise UnsupportedFormat(
-                f"{where} uses {kdf['algorithm']}/{doc['aead']}, not argon2id/aes-256-gcm"
-            )
+            raise UnsupportedFormat(f"{where} uses {kdf['algorithm']}/{doc['aead']}, not argon2id/aes-256-gcm")
         params = KdfParams(
             time_cost=_int(kdf["time_cost"]),
             memory_kib=_int(kdf["memory_kib"]),
@@ -228,9 +222,7 @@ def _str(v: object) -> str:
 
 def _slot_names(backend: Backend) -> list[str]:
     return sorted(
-        info.name
-        for info in backend.list(PREFIX)
-        if _valid_id(_slot_id_of(info.name)) and info.name.count("/") == 1
+        info.name for info in backend.list(PREFIX) if _valid_id(_slot_id_of(info.name)) and info.name.count("/") == 1
     )
 
 
@@ -281,9 +273,7 @@ def _open_slot(slot: _Slot, password: str) -> MasterKey | None:
     try:
         return MasterKey.from_bytes(raw)
     except (IntegrityError, UnsupportedFormat) as err:
-        raise IntegrityError(
-            f"key slot {PREFIX}{slot.info.id} holds a malformed master key: {err.message}"
-        ) from None
+        raise IntegrityError(f"key slot {PREFIX}{slot.info.id} holds a malformed master key: {err.message}") from None
 
 
 def unlock(backend: Backend, password: str) -> tuple[MasterKey, str]:
@@ -309,9 +299,7 @@ def unlock(backend: Backend, password: str) -> tuple[MasterKey, str]:
             hint="restore the keys/ files from a copy of the repository",
         )
     suffix = f" (besides, {damaged})" if bad else ""
-    raise WrongPassword(
-        f"wrong password: none of the {len(slots)} key slots of {backend.url} opens with it{suffix}"
-    )
+    raise WrongPassword(f"wrong password: none of the {len(slots)} key slots of {backend.url} opens with it{suffix}")
 
 
 def list_keys(backend: Backend) -> list[KeySlot]:
