@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from cargohold.backends import LocalBackend, MemoryBackend
-from cargohold.errors import RepositoryLocked, UsageError
+from cargohold.backends.faults import ALL_OPS, FaultBackend, FaultPlan
+from cargohold.backends.retry import RetryBackend
+from cargohold.errors import BackendIOError, RepositoryLocked, UsageError
 from cargohold.repo.locks import EXCLUSIVE, LockManager
 
 
@@ -345,3 +347,40 @@ def test_sigkilled_holder_does_not_block(tmp_path: Path, kind: str, reap: bool) 
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["shared", "exclusive"])
+def test_failure_at_every_operation_leaves_no_lock_behind(kind: str) -> None:
+    probe = FaultBackend(MemoryBackend(), FaultPlan(ops=ALL_OPS))
+    with getattr(LockManager(probe), kind)("op"):
+        pass
+    assert probe.count >= 3
+    for n in range(probe.count):
+        inner = MemoryBackend()
+        m = LockManager(FaultBackend(inner, FaultPlan(fail_at=n, ops=ALL_OPS)))
+        entered = False
+        try:
+            with getattr(m, kind)("op"):
+                entered = True
+        except BackendIOError:
+            assert not entered
+        if not entered:
+            assert lock_names(inner) == [], n  # a failed acquisition takes its lock back
+        else:
+            # A failed release leaves at most the lock itself: stale once this process is gone.
+            assert len(lock_names(inner)) <= 1
+            assert all(i.pid == os.getpid() for i in LockManager(inner).list())
+            LockManager(inner).break_all()
+        with LockManager(inner).exclusive("next"):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["shared", "exclusive"])
+def test_locks_through_retry_with_transient_faults(kind: str) -> None:
+    for n in range(6):
+        inner = MemoryBackend()
+        flaky = FaultBackend(inner, FaultPlan(fail_at=n, fail_times=2, transient=True, ops=ALL_OPS))
+        m = LockManager(RetryBackend(flaky, base_delay=0.001))
+        with getattr(m, kind)("op"):
+            assert len(lock_names(inner)) == 1
+        assert lock_names(inner) == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import functools
 import getpass
 import json
 import logging
@@ -383,7 +384,11 @@ class LockManager:
                 name = PREFIX + token
                 doc = self._new_doc(SHARED_KIND, operation, token)
                 self.backend.create(name, self._encode(doc))
-                holder = self._fresh_exclusive()
+                try:
+                    holder = self._fresh_exclusive()
+                except Exception:
+                    self._cleanup(functools.partial(self._delete_quietly, name))
+                    raise
                 if holder is None:
                     return self._hold(name, token, doc)
                 self._delete_quietly(name)
@@ -407,7 +412,11 @@ class LockManager:
                     self._delete_if_unchanged(holder)
                     continue
             else:
-                holder = self._fresh_shared()
+                try:
+                    holder = self._fresh_shared()
+                except Exception:
+                    self._cleanup(functools.partial(self._delete_if_token, EXCLUSIVE, token))
+                    raise
                 if holder is None:
                     return self._hold(EXCLUSIVE, token, doc)
                 self._delete_if_token(EXCLUSIVE, token)
@@ -466,6 +475,14 @@ class LockManager:
         except BackendError as err:
             # The lock stays behind; it turns stale (our pid is gone soon, or by age).
             log.warning("could not remove lock %s: %s", held.name, err)
+
+    @staticmethod
+    def _cleanup(undo: Callable[[], None]) -> None:
+        """Best effort to take back a lock written by an acquisition that then failed."""
+        try:
+            undo()
+        except BackendError as err:
+            log.warning("could not remove a lock after a failed acquisition: %s", err)
 
     def _delete_quietly(self, name: str) -> None:
         with contextlib.suppress(ObjectNotFound):
