@@ -1,0 +1,626 @@
+"""Repository commands: init, backup, snapshots, ls, diff, restore, check, forget, prune,
+stats, key, unlock. A thin client of :mod:`cargohold.services.repository`.
+
+Where: ``--repo URL``, else ``CARGOHOLD_REPO``, else ``$XDG_DATA_HOME/cargohold/repo``
+(``~/.local/share/cargohold/repo``). Password: ``CARGOHOLD_PASSWORD``, else
+``--password-file``, else an interactive prompt (no echo) when stdin is a terminal.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+
+from cargohold.cli import exit_codes
+from cargohold.cli.output import err_console, human_bytes, print_json, print_table
+from cargohold.errors import UsageError
+from cargohold.repo.repository import Repository
+from cargohold.repo.retention import Policy, parse_duration
+from cargohold.repo.snapshot import Snapshot
+from cargohold.repo.tree import DIR, FILE, SYMLINK, Node
+from cargohold.services import repository as svc
+
+RepoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--repo", "-r", help="Repository URL or path (default: $CARGOHOLD_REPO, then XDG data dir).", metavar="URL"
+    ),
+]
+PasswordFileOpt = Annotated[
+    str | None,
+    typer.Option("--password-file", help="Read the password from this file (first line).", metavar="FILE"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bars (default: only on a terminal)."),
+]
+
+
+# --- passwords and repositories ----------------------------------------------------------
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except OSError as err:
+        raise UsageError(f"cannot read password file {path}: {err.strerror}") from None
+    return first.rstrip("\r\n")
+
+
+def _password(password_file: str | None, *, confirm: bool = False, env: str = svc.PASSWORD_ENV) -> str:
+    if password_file:
+        return _read_password_file(password_file)
+    value = os.environ.get(env)
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no password given",
+            hint=f"set {env}, use --password-file FILE, or run on a terminal to be asked",
+        )
+    first = getpass.getpass("repository password: ")
+    if confirm and getpass.getpass("repeat password: ") != first:
+        raise UsageError("the passwords do not match")
+    return first
+
+
+@contextmanager
+def _open(repo: str | None, password_file: str | None) -> Iterator[Repository]:
+    r = svc.open_repository(svc.resolve_repo_url(repo), _password(password_file))
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+class _RichProgress:
+    """Progress bars on stderr (rich); thread safe."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[items]} items"),
+            TimeElapsedColumn(),
+            console=err_console(),
+            transient=True,
+        )
+        self._task: Any = None
+        self._items = 0
+
+    def start(self, phase: str, total_bytes: int | None = None) -> None:
+        self._p.start()
+        self._items = 0
+        self._task = self._p.add_task(phase, total=total_bytes, items=0)
+
+    def advance(self, nbytes: int = 0, items: int = 0) -> None:
+        if self._task is not None:
+            self._items += items
+            self._p.update(self._task, advance=nbytes, items=self._items)
+
+    def finish(self) -> None:
+        self._p.stop()
+        self._task = None
+
+
+def _progress(flag: bool | None) -> Any:
+    show = sys.stderr.isatty() if flag is None else flag
+    return _RichProgress() if show else None
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# --- JSON shapes -------------------------------------------------------------------------
+
+
+def snapshot_json(s: Snapshot) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "short_id": s.short_id,
+        "time": s.time.isoformat(),
+        "source": {"kind": s.source.kind, "name": s.source.name, "meta": s.source.meta},
+        "tags": s.tags,
+        "hostname": s.hostname,
+        "username": s.username,
+        "paths": s.paths,
+        "parent": s.parent,
+        "tree": s.tree.hex(),
+        "program_version": s.program_version,
+        "stats": {
+            "files": s.stats.files,
+            "dirs": s.stats.dirs,
+            "bytes": s.stats.bytes,
+            "added_bytes": s.stats.added_bytes,
+            "added_raw_bytes": s.stats.added_raw_bytes,
+            "files_new": s.stats.files_new,
+            "files_changed": s.stats.files_changed,
+            "files_unchanged": s.stats.files_unchanged,
+            "duration": s.stats.duration,
+        },
+    }
+
+
+def _node_json(path: str, n: Node) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "path": path,
+        "type": n.type,
+        "mode": f"{n.mode:04o}",
+        "uid": n.uid,
+        "gid": n.gid,
+        "size": n.size,
+        "mtime_ns": n.mtime_ns,
+    }
+    if n.target is not None:
+        d["target"] = n.target.decode("utf-8", "surrogateescape")
+    return d
+
+
+def _mode_string(n: Node) -> str:
+    kind = {DIR: "d", FILE: "-", SYMLINK: "l"}.get(
+        n.type, {"fifo": "p", "socket": "s", "chardev": "c", "blockdev": "b"}.get(n.type, "?")
+    )
+    bits = ""
+    for shift in (6, 3, 0):
+        v = (n.mode >> shift) & 7
+        bits += ("r" if v & 4 else "-") + ("w" if v & 2 else "-") + ("x" if v & 1 else "-")
+    return kind + bits
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def init(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
+    """Create a new encrypted repository."""
+    url = svc.resolve_repo_url(repo)
+    r = svc.init_repository(url, _password(password_file, confirm=True))
+    print(f"created repository {r.config.id} at {url}")
+    _note("keep the password safe: without it the data cannot be read back")
+
+
+def backup(
+    path: Annotated[str, typer.Option("--path", help="Directory to back up.", metavar="DIR")],
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the snapshot (repeatable).")] = None,
+    ignore_inode: Annotated[
+        bool, typer.Option("--ignore-inode", help="Compare only size and mtime with the previous snapshot.")
+    ] = False,
+    skip_if_unchanged: Annotated[
+        bool, typer.Option("--skip-if-unchanged", help="Write no snapshot when nothing changed.")
+    ] = False,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+    progress: ProgressOpt = None,
+) -> None:
+    """Back up a directory into a new snapshot."""
+    with _open(repo, password_file) as r:
+        res = svc.backup(
+            r,
+            path,
+            tags=tag or [],
+            ignore_inode=ignore_inode,
+            skip_if_unchanged=skip_if_unchanged,
+            progress=_progress(progress),
+        )
+    for w in res.warnings:
+        _note(f"warning: {w}")
+    st = res.stats
+    if json:
+        print_json(
+            {
+                "snapshot": snapshot_json(res.snapshot) if res.snapshot else None,
+                "skipped": res.skipped,
+                "parent": res.parent,
+                "warnings": res.warnings,
+                "stats": {
+                    "files": st.files,
+                    "bytes": st.bytes,
+                    "added_bytes": st.added_bytes,
+                    "files_new": st.files_new,
+                    "files_changed": st.files_changed,
+                    "files_unchanged": st.files_unchanged,
+                    "duration": st.duration,
+                },
+            }
+        )
+    else:
+        print(
+            f"files: {st.files_new} new, {st.files_changed} changed, {st.files_unchanged} unchanged; "
+            f"{human_bytes(st.bytes)} processed, {human_bytes(st.added_bytes)} added in {st.duration:.1f} s"
+        )
+        if res.skipped:
+            print(f"nothing changed since snapshot {(res.parent or '')[:8]}: no snapshot written")
+        elif res.snapshot is not None:
+            print(f"snapshot {res.snapshot.short_id} saved")
+    if res.warnings:
+        raise typer.Exit(exit_codes.FINDINGS)
+
+
+def snapshots(
+    source: Annotated[str | None, typer.Option("--source", help="Only snapshots of this source name.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only snapshots with this tag.")] = None,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List snapshots, oldest first."""
+    with _open(repo, password_file) as r:
+        snaps = svc.snapshots(r, source=source, tags=tag or [])
+    if json:
+        print_json([snapshot_json(s) for s in snaps])
+        return
+    rows = [
+        [
+            s.short_id,
+            s.time.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            s.hostname,
+            f"{s.source.kind}:{s.source.name}",
+            ",".join(s.tags) or "-",
+            str(s.stats.files),
+            human_bytes(s.stats.bytes),
+            human_bytes(s.stats.added_bytes),
+        ]
+        for s in snaps
+    ]
+    print_table(["id", "time", "host", "source", "tags", "files", "size", "added"], rows)
+
+
+def ls(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix or 'latest'.")],
+    path: Annotated[str, typer.Argument(help="Path inside the snapshot.")] = "",
+    long: Annotated[bool, typer.Option("--long", "-l", help="Mode, owner, size and time.")] = False,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List the files of a snapshot (below PATH)."""
+    with _open(repo, password_file) as r:
+        _snap, entries = svc.ls(r, snapshot, path)
+    if json:
+        print_json([_node_json(e.path, e.node) for e in entries])
+        return
+    out = sys.stdout
+    for e in entries:
+        name = e.path + ("/" if e.node.type == DIR else "")
+        if e.node.type == SYMLINK and e.node.target is not None:
+            name += " -> " + e.node.target.decode("utf-8", "surrogateescape")
+        if long:
+            out.write(f"{_mode_string(e.node)} {e.node.uid:>5} {e.node.gid:>5} {e.node.size:>12} {name}\n")
+        else:
+            out.write(name + "\n")
+
+
+def diff(
+    snapshot1: Annotated[str, typer.Argument(help="Older snapshot.")],
+    snapshot2: Annotated[str, typer.Argument(help="Newer snapshot.")],
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """What changed between two snapshots (+ added, - removed, M content, U metadata, T type)."""
+    with _open(repo, password_file) as r:
+        s1, s2, changes = svc.diff(r, snapshot1, snapshot2)
+    if json:
+        print_json({"from": s1.id, "to": s2.id, "changes": [{"change": c.change, "path": c.path} for c in changes]})
+        return
+    for c in changes:
+        print(f"{c.change}  {c.path}")
+    counts = {k: sum(1 for c in changes if c.change == k) for k in "+-MUT"}
+    _note(
+        f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
+        f"{counts['U']} metadata, {counts['T']} type changed"
+    )
+
+
+def restore(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix or 'latest'.")],
+    target: Annotated[str, typer.Option("--target", help="Directory to restore into.", metavar="DIR")],
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Only this path of the snapshot (repeatable).")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="With 'latest': the newest snapshot of this source.")
+    ] = None,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Restore a snapshot, byte-exact with owners, modes, times, xattrs, links and holes."""
+    with _open(repo, password_file) as r:
+        snap, res = svc.restore(r, snapshot, target, include=include or [], source=source, progress=_progress(progress))
+    for w in res.warnings:
+        _note(f"warning: {w}")
+    print(
+        f"restored snapshot {snap.short_id}: {res.files} files, {res.dirs} dirs, {human_bytes(res.bytes)} into {target}"
+    )
+    if res.damaged:
+        for path, why in sorted(res.damaged.items()):
+            _note(f"damaged: {path}: {why}")
+        _note(
+            f"cargohold: error: {len(res.damaged)} file(s) could not be restored intact "
+            "— run `cargohold check --read-data`"
+        )
+        raise typer.Exit(exit_codes.INTEGRITY)
+
+
+def check(
+    read_data: Annotated[bool, typer.Option("--read-data", help="Read and verify every pack.")] = False,
+    subset: Annotated[
+        float | None,
+        typer.Option("--read-data-subset", help="Read and verify this percentage of packs.", metavar="PERCENT"),
+    ] = None,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+    progress: ProgressOpt = None,
+) -> None:
+    """Check the repository; exit code 9 when anything is damaged."""
+    if read_data and subset is not None:
+        raise UsageError("give either --read-data or --read-data-subset")
+    with _open(repo, password_file) as r:
+        rep = svc.check(r, read_data=read_data, subset=subset, progress=_progress(progress))
+    if json:
+        print_json(
+            {
+                "ok": rep.ok,
+                "damage": [{"kind": d.kind, "name": d.name, "message": d.message} for d in rep.damage],
+                "affected": rep.affected,
+                "warnings": rep.warnings,
+                "snapshots": rep.snapshots,
+                "packs": rep.packs,
+                "packs_read": rep.packs_read,
+            }
+        )
+    else:
+        for w in rep.warnings:
+            print(f"warning: {w}")
+        for d in rep.damage:
+            print(f"damaged: {d}")
+        for sid, paths in sorted(rep.affected.items()):
+            print(f"snapshot {sid[:8]} is affected:")
+            for p in paths:
+                print(f"  {p}")
+        read = f", {rep.packs_read} packs read" if (read_data or subset is not None) else ""
+        verdict = "no errors" if rep.ok else f"{len(rep.damage)} problem(s)"
+        print(f"checked {rep.snapshots} snapshots, {rep.packs} packs{read}: {verdict}")
+    if not rep.ok:
+        raise typer.Exit(exit_codes.INTEGRITY)
+
+
+def forget(
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Keep the N newest.", metavar="N")] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly", metavar="N")] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily", metavar="N")] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly", metavar="N")] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly", metavar="N")] = 0,
+    keep_yearly: Annotated[int, typer.Option("--keep-yearly", metavar="N")] = 0,
+    keep_within: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-within", help="Keep all younger than this before the newest (7d, 12h, 1y6m).", metavar="DURATION"
+        ),
+    ] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Only this source name.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be kept and why.")] = False,
+    prune_after: Annotated[bool, typer.Option("--prune", help="Prune right after forgetting.")] = False,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Remove snapshots by a retention policy, applied per source."""
+    within: timedelta | None = None
+    if keep_within:
+        try:
+            within = parse_duration(keep_within)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, within)
+    with _open(repo, password_file) as r:
+        res = svc.forget(r, policy, source=source, dry_run=dry_run, prune_after=prune_after)
+    if json:
+        print_json(
+            {
+                "dry_run": dry_run,
+                "groups": [
+                    {
+                        "source": g.source,
+                        "keep": [
+                            {"id": s.id, "time": s.time.isoformat(), "reasons": why} for s, why in g.decision.keep
+                        ],
+                        "remove": [{"id": s.id, "time": s.time.isoformat()} for s in g.decision.remove],
+                    }
+                    for g in res.groups
+                ],
+                "removed": res.removed,
+                "prune": res.prune.__dict__ if res.prune else None,
+            }
+        )
+        return
+    for g in res.groups:
+        print(f"source {g.source}: keep {len(g.decision.keep)}, remove {len(g.decision.remove)}")
+        for s, why in g.decision.keep:
+            print(f"  keep   {s.short_id}  {s.time.astimezone():%Y-%m-%d %H:%M:%S}  {', '.join(why)}")
+        for s in g.decision.remove:
+            verb = "would remove" if dry_run else "remove"
+            print(f"  {verb} {s.short_id}  {s.time.astimezone():%Y-%m-%d %H:%M:%S}")
+    if res.prune is not None:
+        _print_prune(res.prune)
+
+
+def _print_prune(p: Any) -> None:
+    verb = "would" if p.dry_run else "did"
+    print(
+        f"prune ({verb}): {p.packs_total} packs, {p.packs_unused} unused, {p.packs_repacked} repacked, "
+        f"{p.packs_unindexed} unindexed; {human_bytes(p.bytes_unused)} unused data; "
+        f"{p.packs_deleted} packs deleted, {human_bytes(p.bytes_freed)} freed"
+    )
+    for m in p.messages:
+        print(f"  {m}")
+
+
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would be done.")] = False,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
+    progress: ProgressOpt = None,
+) -> None:
+    """Remove data no snapshot needs; repack partly used packs (backups may keep running)."""
+    with _open(repo, password_file) as r:
+        rep = svc.prune(r, dry_run=dry_run, progress=_progress(progress))
+    if json:
+        print_json(rep.__dict__)
+    else:
+        _print_prune(rep)
+
+
+def stats(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
+    """Logical vs stored size and the deduplication ratio."""
+    with _open(repo, password_file) as r:
+        st = svc.stats(r)
+    if json:
+        print_json(
+            {
+                **st.__dict__,
+                "dedup_ratio": round(st.dedup_ratio, 3),
+                "compression_ratio": round(st.compression_ratio, 3),
+            }
+        )
+        return
+    print_table(
+        ["what", "value"],
+        [
+            ["snapshots", str(st.snapshots)],
+            ["logical size (all snapshots)", human_bytes(st.logical_bytes)],
+            ["unique data", human_bytes(st.unique_bytes)],
+            ["stored (packs)", human_bytes(st.stored_bytes)],
+            ["dedup ratio", f"{st.dedup_ratio:.2f}x"],
+            ["compression ratio", f"{st.compression_ratio:.2f}x"],
+            ["blobs / packs", f"{st.blobs} / {st.packs}"],
+        ],
+    )
+
+
+def unlock(
+    remove_all: Annotated[
+        bool, typer.Option("--remove-all", help="Remove every lock, also fresh ones (holders must be gone).")
+    ] = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Remove stale locks left by crashed processes."""
+    n = svc.unlock(svc.resolve_repo_url(repo), remove_all=remove_all)
+    print(f"removed {n} lock(s)")
+
+
+# --- key ---------------------------------------------------------------------------------
+
+key_app = typer.Typer(help="Manage the passwords (key slots) of a repository.", no_args_is_help=True)
+NewPasswordFileOpt = Annotated[
+    str | None,
+    typer.Option("--new-password-file", help="Read the new password from this file.", metavar="FILE"),
+]
+
+
+def _new_password(path: str | None) -> str:
+    return _password(path, confirm=True, env="CARGOHOLD_NEW_PASSWORD")
+
+
+@key_app.command("list")
+def key_list(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
+    """List key slots."""
+    with _open(repo, password_file) as r:
+        slots, damaged = svc.key_list(r)
+        current = r.key_id
+    if json:
+        print_json(
+            {
+                "keys": [
+                    {
+                        "id": k.id,
+                        "current": k.id == current,
+                        "created": k.created,
+                        "host": k.host,
+                        "user": k.user,
+                        "label": k.label,
+                    }
+                    for k in slots
+                ],
+                "damaged": damaged,
+            }
+        )
+        return
+    rows = [["*" if k.id == current else "", k.id, k.created, f"{k.user}@{k.host}", k.label or "-"] for k in slots]
+    print_table(["", "id", "created", "by", "label"], rows)
+    for sid, msg in sorted(damaged.items()):
+        _note(f"damaged key slot {sid}: {msg}")
+
+
+@key_app.command("add")
+def key_add(
+    label: Annotated[str, typer.Option("--label", help="A note to tell keys apart.")] = "",
+    new_password_file: NewPasswordFileOpt = None,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+) -> None:
+    """Add a password (a new key slot for the same master key)."""
+    with _open(repo, password_file) as r:
+        sid = svc.key_add(r, _new_password(new_password_file), label=label)
+    print(f"added key {sid}")
+
+
+@key_app.command("remove")
+def key_remove(
+    key_id: Annotated[str, typer.Argument(help="Key slot id (or unique prefix).")],
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+) -> None:
+    """Remove a key slot (not the one in use, not the last one)."""
+    with _open(repo, password_file) as r:
+        svc.key_remove(r, key_id)
+    print(f"removed key {key_id}")
+
+
+@key_app.command("passwd")
+def key_passwd(
+    new_password_file: NewPasswordFileOpt = None, repo: RepoOpt = None, password_file: PasswordFileOpt = None
+) -> None:
+    """Change the password of the key slot in use."""
+    with _open(repo, password_file) as r:
+        sid = svc.key_passwd(r, _new_password(new_password_file))
+    print(f"password changed (new key {sid})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("backup")(backup)
+    app.command("snapshots")(snapshots)
+    app.command("ls")(ls)
+    app.command("diff")(diff)
+    app.command("restore")(restore)
+    app.command("check")(check)
+    app.command("forget")(forget)
+    app.command("prune")(prune)
+    app.command("stats")(stats)
+    app.command("unlock")(unlock)
+    app.add_typer(key_app, name="key")

@@ -1,0 +1,394 @@
+"""Repository use cases: the library API that the CLI (and later the daemon) call.
+
+Every function takes an open :class:`~cargohold.repo.repository.Repository` (see
+:func:`open_repository`) and does its own locking: shared locks for backup, restore,
+check, forget and prune (prune deletes in two phases so it never needs to stop
+backups), none for read-only listings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from cargohold.backends import open_backend
+from cargohold.errors import AmbiguousSnapshot, SnapshotNotFound, UsageError
+from cargohold.repo import keys as keyslots
+from cargohold.repo.archiver import Archiver, BackupOptions, BackupResult
+from cargohold.repo.checker import Checker, CheckReport
+from cargohold.repo.locks import LockInfo, LockManager
+from cargohold.repo.progress import NullProgress, Progress
+from cargohold.repo.prune import Pruner, PruneReport
+from cargohold.repo.repository import Repository
+from cargohold.repo.restorer import RestoreOptions, Restorer, RestoreResult, split_path
+from cargohold.repo.retention import Decision, Policy, apply_policy
+from cargohold.repo.snapshot import Snapshot, Source
+from cargohold.repo.tree import DIR, Node
+
+REPO_ENV = "CARGOHOLD_REPO"
+PASSWORD_ENV = "CARGOHOLD_PASSWORD"
+LOCK_WAIT_ENV = "CARGOHOLD_LOCK_WAIT"
+
+__all__ = [
+    "DiffEntry",
+    "ForgetGroup",
+    "LsEntry",
+    "RepoStats",
+    "backup",
+    "check",
+    "default_repo_url",
+    "diff",
+    "find_snapshot",
+    "forget",
+    "init_repository",
+    "key_add",
+    "key_list",
+    "key_passwd",
+    "key_remove",
+    "list_locks",
+    "ls",
+    "open_repository",
+    "prune",
+    "resolve_repo_url",
+    "restore",
+    "snapshots",
+    "stats",
+    "unlock",
+]
+
+
+# --- where and how ---------------------------------------------------------------------
+
+
+def default_repo_url() -> str:
+    """``$XDG_DATA_HOME/cargohold/repo``, else ``~/.local/share/cargohold/repo``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "cargohold", "repo")
+
+
+def resolve_repo_url(url: str | None) -> str:
+    """``--repo`` wins, then ``CARGOHOLD_REPO``, then the default location."""
+    return url or os.environ.get(REPO_ENV) or default_repo_url()
+
+
+def _lock_wait() -> float:
+    try:
+        return float(os.environ.get(LOCK_WAIT_ENV, "0") or 0)
+    except ValueError:
+        raise UsageError(f"{LOCK_WAIT_ENV} must be a number of seconds") from None
+
+
+def locks_of(repo: Repository) -> LockManager:
+    return LockManager(repo.backend, wait=_lock_wait())
+
+
+def init_repository(url: str, password: str, *, kdf: keyslots.KdfParams | None = None) -> Repository:
+    if not password:
+        raise UsageError("an empty password is not allowed")
+    backend = open_backend(url)
+    return Repository.init(backend, password, kdf=kdf or keyslots.KdfParams.from_env())
+
+
+def open_repository(url: str, password: str) -> Repository:
+    """Open (without reading the index: the operations do that under their lock)."""
+    return Repository.open(open_backend(url), password, load_index=False)
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+def snapshots(repo: Repository, *, source: str | None = None, tags: Sequence[str] = ()) -> list[Snapshot]:
+    """Snapshots oldest first, optionally of one source name and having all ``tags``."""
+    out = []
+    for s in repo.snapshots():
+        if source is not None and s.source.name != source:
+            continue
+        if tags and not set(tags) <= set(s.tags):
+            continue
+        out.append(s)
+    return out
+
+
+def find_snapshot(repo: Repository, ref: str, *, source: str | None = None) -> Snapshot:
+    """A snapshot by id, unique id prefix or ``latest`` (of ``source`` when given)."""
+    ref = ref.strip().lower()
+    if not ref:
+        raise UsageError("empty snapshot reference")
+    if ref == "latest":
+        found = snapshots(repo, source=source)
+        if not found:
+            where = f" of source {source!r}" if source else ""
+            raise SnapshotNotFound(f"no snapshot{where} in {repo.backend.url}")
+        return found[-1]
+    ids = [i for i in repo.list_snapshot_ids() if i.startswith(ref)]
+    if not ids:
+        raise SnapshotNotFound(f"no snapshot {ref!r} in {repo.backend.url}")
+    if len(ids) > 1:
+        raise AmbiguousSnapshot(f"{ref!r} matches {len(ids)} snapshots")
+    snap = repo.load_snapshot(ids[0])
+    if source is not None and snap.source.name != source:
+        raise SnapshotNotFound(f"snapshot {ref!r} is of {snap.source.name!r}, not {source!r}")
+    return snap
+
+
+def _parent_for(repo: Repository, source: Source) -> Snapshot | None:
+    same = [s for s in repo.snapshots() if s.source.kind == source.kind and s.source.name == source.name]
+    return same[-1] if same else None
+
+
+def backup(
+    repo: Repository,
+    path: str | os.PathLike[str],
+    *,
+    tags: Sequence[str] = (),
+    source: Source | None = None,
+    ignore_inode: bool = False,
+    skip_if_unchanged: bool = False,
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Back up a directory; the parent is the newest snapshot of the same source."""
+    src = source or Source("path", os.path.abspath(os.fspath(path)))
+    with locks_of(repo).shared(f"backup {src.name}"):
+        repo.load_index()  # after taking the lock: prune relies on this order
+        opts = BackupOptions(
+            source=src,
+            tags=list(tags),
+            parent=_parent_for(repo, src),
+            ignore_inode=ignore_inode,
+            skip_if_unchanged=skip_if_unchanged,
+            progress=progress or NullProgress(),
+        )
+        return Archiver(repo, opts).run(path)
+
+
+def restore(
+    repo: Repository,
+    ref: str,
+    target: str | os.PathLike[str],
+    *,
+    include: Sequence[str] = (),
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[Snapshot, RestoreResult]:
+    """Restore a snapshot into ``target``; damaged files are listed in the result."""
+    with locks_of(repo).shared("restore"):
+        snap = find_snapshot(repo, ref, source=source)
+        repo.load_index()
+        opts = RestoreOptions(include=list(include), progress=progress or NullProgress())
+        return snap, Restorer(repo, opts).run(snap, target)
+
+
+@dataclass(frozen=True)
+class LsEntry:
+    path: str
+    node: Node
+
+
+def _subtree(repo: Repository, snap: Snapshot, path: str) -> tuple[str, list[Node]]:
+    parts = split_path(path)
+    nodes = repo.load_tree(snap.tree).nodes
+    prefix = ""
+    for i, part in enumerate(parts):
+        node = next((n for n in nodes if n.name == part), None)
+        if node is None:
+            raise UsageError(f"{path!r} is not in snapshot {snap.short_id}")
+        prefix = f"{prefix}/{node.display_name}"
+        if node.type != DIR or node.subtree is None:
+            if i == len(parts) - 1:
+                return prefix.rsplit("/", 1)[0], [node]
+            raise UsageError(f"{prefix!r} is not a directory in snapshot {snap.short_id}")
+        nodes = repo.load_tree(node.subtree).nodes
+    return prefix, nodes
+
+
+def walk(repo: Repository, prefix: str, nodes: list[Node], *, recursive: bool = True) -> Iterator[LsEntry]:
+    for n in sorted(nodes, key=lambda n: n.name):
+        path = f"{prefix}/{n.display_name}"
+        yield LsEntry(path, n)
+        if recursive and n.type == DIR and n.subtree is not None:
+            yield from walk(repo, path, repo.load_tree(n.subtree).nodes)
+
+
+def ls(repo: Repository, ref: str, path: str = "", *, recursive: bool = True) -> tuple[Snapshot, list[LsEntry]]:
+    repo.load_index()
+    snap = find_snapshot(repo, ref)
+    prefix, nodes = _subtree(repo, snap, path)
+    return snap, list(walk(repo, prefix, nodes, recursive=recursive))
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    change: str  # "+" added, "-" removed, "M" content changed, "U" metadata changed, "T" type changed
+    path: str
+
+
+def _meta(n: Node) -> tuple[object, ...]:
+    return (n.mode, n.uid, n.gid, n.mtime_ns, n.xattrs, n.target, n.rdev)
+
+
+def _diff(repo: Repository, a: bytes | None, b: bytes | None, prefix: str) -> Iterator[DiffEntry]:
+    if a == b:
+        return
+    na = {n.name: n for n in repo.load_tree(a).nodes} if a else {}
+    nb = {n.name: n for n in repo.load_tree(b).nodes} if b else {}
+    for name in sorted(set(na) | set(nb)):
+        x, y = na.get(name), nb.get(name)
+        path = f"{prefix}/{(x or y).display_name}"  # type: ignore[union-attr]
+        if x is None or y is None:
+            node = x or y
+            assert node is not None
+            yield DiffEntry("+" if x is None else "-", path + ("/" if node.type == DIR else ""))
+            if node.type == DIR:
+                yield from _diff(repo, None if x is None else x.subtree, y.subtree if y else None, path)
+            continue
+        if x.type != y.type:
+            yield DiffEntry("T", path)
+            continue
+        if x.type == DIR:
+            if _meta(x) != _meta(y):
+                yield DiffEntry("U", path + "/")
+            yield from _diff(repo, x.subtree, y.subtree, path)
+        elif x.content != y.content or x.size != y.size:
+            yield DiffEntry("M", path)
+        elif _meta(x) != _meta(y):
+            yield DiffEntry("U", path)
+
+
+def diff(repo: Repository, ref1: str, ref2: str) -> tuple[Snapshot, Snapshot, list[DiffEntry]]:
+    repo.load_index()
+    s1, s2 = find_snapshot(repo, ref1), find_snapshot(repo, ref2)
+    return s1, s2, list(_diff(repo, s1.tree, s2.tree, ""))
+
+
+# --- maintenance -----------------------------------------------------------------------
+
+
+def check(
+    repo: Repository, *, read_data: bool = False, subset: float | None = None, progress: Progress | None = None
+) -> CheckReport:
+    if subset is not None and not 0 < subset <= 100:
+        raise UsageError("--read-data-subset must be a percentage in (0, 100]")
+    with locks_of(repo).shared("check"):
+        return Checker(repo, progress=progress).run(read_data=read_data, subset=subset)
+
+
+@dataclass
+class ForgetGroup:
+    source: str
+    decision: Decision[Snapshot]
+
+
+@dataclass
+class ForgetResult:
+    groups: list[ForgetGroup] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    prune: PruneReport | None = None
+
+
+def forget(
+    repo: Repository,
+    policy: Policy,
+    *,
+    source: str | None = None,
+    dry_run: bool = False,
+    prune_after: bool = False,
+    progress: Progress | None = None,
+) -> ForgetResult:
+    """Apply ``policy`` to every source's snapshots (or one source's)."""
+    if policy.empty():
+        raise UsageError("give at least one --keep-* option", hint="see `cargohold forget --help`")
+    result = ForgetResult(dry_run=dry_run)
+    with locks_of(repo).shared("forget"):
+        groups: dict[tuple[str, str], list[Snapshot]] = defaultdict(list)
+        for s in snapshots(repo, source=source):
+            groups[(s.source.kind, s.source.name)].append(s)
+        for (kind, name), snaps in sorted(groups.items()):
+            decision = apply_policy(snaps, policy)
+            result.groups.append(ForgetGroup(f"{kind}:{name}", decision))
+            if not dry_run:
+                for s in decision.remove:
+                    repo.delete_snapshot(s.id)
+                    result.removed.append(s.id)
+    if prune_after and not dry_run:
+        result.prune = prune(repo, progress=progress)
+    return result
+
+
+def prune(repo: Repository, *, dry_run: bool = False, progress: Progress | None = None) -> PruneReport:
+    return Pruner(repo, locks_of(repo), dry_run=dry_run, progress=progress).run()
+
+
+@dataclass
+class RepoStats:
+    snapshots: int = 0
+    files: int = 0  # summed over snapshots
+    logical_bytes: int = 0  # summed over snapshots: what a restore of each would write
+    unique_bytes: int = 0  # plaintext bytes of the distinct blobs
+    stored_bytes: int = 0  # bytes of all packs
+    blobs: int = 0
+    packs: int = 0
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.unique_bytes if self.unique_bytes else 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.unique_bytes / self.stored_bytes if self.stored_bytes else 0.0
+
+
+def stats(repo: Repository) -> RepoStats:
+    repo.load_index()
+    st = RepoStats()
+    for s in repo.snapshots():
+        st.snapshots += 1
+        st.files += s.stats.files
+        st.logical_bytes += s.stats.bytes
+    for _bid, loc in repo.index.blobs():
+        st.blobs += 1
+        st.unique_bytes += loc.raw_length
+    for _pid, size in repo.list_packs():
+        st.packs += 1
+        st.stored_bytes += size
+    return st
+
+
+# --- keys and locks --------------------------------------------------------------------
+
+
+def key_add(repo: Repository, new_password: str, *, label: str = "") -> str:
+    if not new_password:
+        raise UsageError("an empty password is not allowed")
+    return keyslots.create_key(repo.backend, new_password, repo.key, label=label, kdf=keyslots.KdfParams.from_env())
+
+
+def key_list(repo: Repository) -> tuple[list[keyslots.KeySlot], dict[str, str]]:
+    return keyslots.list_keys(repo.backend), keyslots.damaged_keys(repo.backend)
+
+
+def key_remove(repo: Repository, slot_id: str) -> None:
+    matches = [k.id for k in keyslots.list_keys(repo.backend) if k.id.startswith(slot_id)]
+    if len(matches) > 1:
+        raise UsageError(f"key {slot_id!r} is ambiguous")
+    keyslots.remove_key(repo.backend, matches[0] if matches else slot_id, current=repo.key_id)
+
+
+def key_passwd(repo: Repository, new_password: str) -> str:
+    if not new_password:
+        raise UsageError("an empty password is not allowed")
+    new_id = keyslots.change_password(repo.backend, repo.key, repo.key_id, new_password)
+    repo.key_id = new_id
+    return new_id
+
+
+def list_locks(url: str) -> list[LockInfo]:
+    return LockManager(open_backend(url)).list()
+
+
+def unlock(url: str, *, remove_all: bool = False) -> int:
+    """Remove stale locks (or every lock with ``remove_all``); returns how many."""
+    mgr = LockManager(open_backend(url))
+    return mgr.break_all() if remove_all else mgr.remove_stale()
