@@ -7,11 +7,14 @@ Adding a backend = adding one entry to ``FACTORIES``: a function that takes pyte
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cargohold.backends import Backend, LocalBackend, MemoryBackend, ObjectInfo, open_backend
 from cargohold.backends.faults import FaultBackend, FaultPlan
@@ -242,3 +245,62 @@ def test_store_accepts_buffers(backend: Backend) -> None:
     assert backend.load("buf") == b"bytes"
     backend.create("buf2", bytearray(b"array"))  # type: ignore[arg-type]
     assert backend.load("buf2") == b"array"
+
+
+# --- model-based: random operation sequences against a dict ----------------------
+
+# No name is a folder of another: a local directory cannot hold both "data" and "data/x".
+_NAMES = st.sampled_from(["config", "keys/a", "keys/b", "data/00/x", "data/00/y", "data/01/x", "datafile"])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("store"), _NAMES, st.binary(max_size=300)),
+        st.tuples(st.just("create"), _NAMES, st.binary(max_size=300)),
+        st.tuples(st.just("delete"), _NAMES, st.just(b"")),
+        st.tuples(st.just("load"), _NAMES, st.tuples(st.integers(0, 400), st.none() | st.integers(0, 400))),
+        st.tuples(st.just("list"), st.sampled_from(["", "data/", "data/0", "keys/", "d", "zz"]), st.just(b"")),
+    ),
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS)
+def test_behaves_like_a_dict(kind: str, ops: list[tuple[str, str, object]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        b = FACTORIES[kind](Path(tmp))
+        model: dict[str, bytes] = {}
+        for op, name, arg in ops:
+            if op == "store":
+                assert isinstance(arg, bytes)
+                b.store(name, arg)
+                model[name] = arg
+            elif op == "create":
+                assert isinstance(arg, bytes)
+                if name in model:
+                    with pytest.raises(ObjectExists):
+                        b.create(name, arg)
+                else:
+                    b.create(name, arg)
+                    model[name] = arg
+            elif op == "delete":
+                if name in model:
+                    b.delete(name)
+                    del model[name]
+                else:
+                    with pytest.raises(ObjectNotFound):
+                        b.delete(name)
+            elif op == "load":
+                assert isinstance(arg, tuple)
+                offset, length = arg
+                if name in model:
+                    end = None if length is None else offset + length
+                    assert b.load(name, offset, length) == model[name][offset:end]
+                    assert b.stat(name).size == len(model[name])
+                else:
+                    with pytest.raises(ObjectNotFound):
+                        b.load(name, offset, length)
+            else:
+                expected = sorted((n, len(d)) for n, d in model.items() if n.startswith(name))
+                assert sorted((i.name, i.size) for i in b.list(name)) == expected
+        b.close()

@@ -173,3 +173,16 @@ def test_objects_are_private(tmp_path: Path) -> None:
     b.create("locks/exclusive", b"l")
     for name in ("keys/0011223344556677", "locks/exclusive"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+
+
+def test_name_clashing_with_a_folder(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path)
+    b.store("data/aa/p", b"1")
+    b.store("file", b"2")
+    with pytest.raises(BackendIOError, match="clashes"):
+        b.store("data/aa", b"x")
+    with pytest.raises(BackendIOError, match="clashes"):
+        b.store("file/sub", b"x")
+    with pytest.raises(BackendIOError, match="clashes"):
+        b.create("file/sub", b"x")
+    assert listing(tmp_path) == ["data/aa/p", "file"]

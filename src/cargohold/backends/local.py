@@ -45,6 +45,18 @@ def translate_oserror(err: OSError, what: str) -> BackendError:
     return BackendIOError(f"{what}: {reason}", transient=code in _TRANSIENT)
 
 
+def _write_error(err: OSError, name: str, url: str) -> BackendError:
+    """Like :func:`translate_oserror`, for writes: a missing or clashing path is no "not found"."""
+    if err.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return BackendIOError(
+            f"cannot write object {name!r} in {url}: the name or one of its folders clashes with an existing "
+            "object or folder"
+        )
+    if err.errno == errno.ENOENT:  # a folder vanished under us
+        return BackendIOError(f"cannot write object {name!r} in {url}: its folder vanished", transient=True)
+    return translate_oserror(err, f"object {name!r} in {url}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -145,7 +157,7 @@ class LocalBackend:
                 raise
             _fsync_dir(path.parent)
         except OSError as err:
-            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+            raise _write_error(err, name, self.url) from err
 
     def create(self, name: str, data: bytes) -> None:
         # Crash safety: the content is written and fsync'd under a temporary name
@@ -172,7 +184,7 @@ class LocalBackend:
                     os.unlink(tmp)
             _fsync_dir(path.parent)
         except OSError as err:
-            raise translate_oserror(err, f"object {name!r} in {self.url}") from err
+            raise _write_error(err, name, self.url) from err
 
     def _create_exclusive(self, path: Path, name: str, data: bytes) -> None:
         try:
