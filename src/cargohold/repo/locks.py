@@ -320,10 +320,6 @@ class LockManager:
         token = doc.get("token") if isinstance(doc, dict) else None
         return token if isinstance(token, str) else None
 
-    def _own_tokens(self) -> set[str]:
-        with self._mutex:
-            return {h.token for h in self._held.values()}
-
     def _own_names(self) -> set[str]:
         with self._mutex:
             return set(self._held)
