@@ -7,6 +7,7 @@ maps errors to exit codes (``cargohold.cli.exit_codes``), only ever sees this tr
 
     CargoholdError
     ├── UsageError                  bad argument or input from the user
+    │   └── ComposeError            a compose file cannot be read (names file and line)
     ├── DockerError                 the Docker port (cargohold.docker)
     │   ├── EngineUnreachable       nothing answers where the engine should be
     │   ├── EngineConfigError       malformed DOCKER_HOST / unknown context
@@ -52,6 +53,20 @@ class CargoholdError(Exception):
 
 class UsageError(CargoholdError):
     """The user's arguments or input files are wrong."""
+
+
+class ComposeError(UsageError):
+    """A compose file (or its ``.env``) is malformed, missing or cannot be interpolated.
+
+    ``file`` and ``line`` (1-based, when known) say where; the message starts with them.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        super().__init__(where + message)
+        self.file = file
+        self.line = line
+        self.reason = message
 
 
 # --- Docker port -------------------------------------------------------------------
