@@ -32,6 +32,7 @@ from cargohold.repo.chunker import Chunker, ExtentReader, data_extents
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType
 from cargohold.repo.fsnode import node_from_stat
+from cargohold.repo.memory import tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot, SnapshotStats, Source
@@ -48,7 +49,7 @@ class BackupOptions:
     #: Do not write a snapshot when nothing changed since the parent (the result says so).
     skip_if_unchanged: bool = False
     workers: int = 2
-    max_inflight: int = 32 * 1024 * 1024
+    max_inflight: int = 16 * 1024 * 1024
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -135,6 +136,7 @@ class Archiver:
         parent = self.opts.parent
         parent_tree = self.repo.load_tree(parent.tree) if parent is not None else None
         bytes0, raw0, blobs0 = self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs
+        tune_allocator()
         self.opts.progress.start("backup")
         self._file_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-read")
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
@@ -284,7 +286,8 @@ class Archiver:
             comp = _Compressibility()
             total = 0
             repo = self.repo
-            for data in self._chunker().chunks(reader, method):
+            data_size = size if extents is None else sum(n for _, n in extents)
+            for data in self._chunker().chunks(reader, method, data_size):
                 if self._error is not None:
                     return False
                 bid = repo.blob_id(data)

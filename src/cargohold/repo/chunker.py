@@ -120,9 +120,20 @@ class Chunker:
         self.params = params
         self._cdc = FastCDC(params.cdc_avg, min_size=params.cdc_min, max_size=params.cdc_max, seed=seed)
 
-    def chunks(self, reader: ExtentReader, method: str) -> Iterator[bytes]:
+    def chunks(self, reader: ExtentReader, method: str, size: int | None = None) -> Iterator[bytes]:
+        """Chunks of the reader's data; ``size`` (expected data length) lets small files skip
+        the stream chunker, whose per-call buffer set-up costs more than chunking them."""
         if method.startswith(FIXED_PREFIX):
             yield from self._fixed(reader, int(method[len(FIXED_PREFIX) :]))
+            return
+        if size is not None and size <= 2 * self.params.cdc_min:
+            data = _read_upto(reader, size)
+            if len(data) <= self.params.cdc_min:
+                if data:
+                    yield bytes(data)
+                return
+            for ch in self._cdc.cut_buf(data):
+                yield bytes(ch.data)
             return
         for ch in self._cdc.cut_stream(reader):
             yield bytes(ch.data)
@@ -151,3 +162,28 @@ class Chunker:
                     yield rest
                 return
             carry = rest
+
+
+def _read_upto(reader: ExtentReader, size: int) -> bytes | bytearray:
+    """Read ``size`` bytes (fewer if the file shrank); a file that grew is read to its end."""
+    buf = bytearray(size)
+    mv = memoryview(buf)
+    got = 0
+    while got < size:
+        n = reader.readinto(mv[got:])
+        if n == 0:
+            break
+        got += n
+    del mv
+    if got < size:
+        del buf[got:]
+        return buf
+    rest = []
+    while True:
+        more = reader.read(1024 * 1024)
+        if not more:
+            break
+        rest.append(more)
+    if rest:
+        buf += b"".join(rest)
+    return buf

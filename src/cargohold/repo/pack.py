@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
 
 from cargohold.errors import IntegrityError, UnsupportedFormat
 from cargohold.repo.crypto import Cipher
@@ -28,33 +27,38 @@ _TRAILER = struct.Struct("<I")
 MAX_HEADER = 64 * 1024 * 1024
 
 
-@dataclass
 class PackBuilder:
     """Accumulates encrypted blobs of one type until the pack is full."""
 
-    type: BlobType
-    parts: list[bytes] = field(default_factory=list)
-    entries: list[BlobEntry] = field(default_factory=list)
-    size: int = 0
+    def __init__(self, btype: BlobType) -> None:
+        self.type = btype
+        self.buf = bytearray()
+        self.entries: list[BlobEntry] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
 
     def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
-        self.entries.append(BlobEntry(blob_id, self.type, self.size, len(stored), raw_length))
-        self.parts.append(stored)
-        self.size += len(stored)
+        self.entries.append(BlobEntry(blob_id, self.type, len(self.buf), len(stored), raw_length))
+        self.buf += stored
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, cipher: Cipher) -> tuple[bytes, bytes, PackRecord]:
-        """``(pack id, pack bytes, record)``; the builder must not be used afterwards."""
+    def finish(self, cipher: Cipher) -> tuple[bytes, bytearray, PackRecord]:
+        """``(pack id, pack bytes, record)``; the builder must not be used afterwards.
+
+        The bytes returned are the builder's own buffer (no copy of a 16 MiB pack).
+        """
         header = bytearray(_HDR.pack(_MAGIC, 1, int(self.type), len(self.entries)))
         for e in self.entries:
             header += _ENTRY.pack(e.id, e.length, e.raw_length)
         sealed = cipher.encrypt(bytes(header), AD_PACK_HEADER)
-        self.parts.append(sealed)
-        self.parts.append(_TRAILER.pack(len(sealed)))
-        data = b"".join(self.parts)
-        self.parts = []
+        data = self.buf
+        self.buf = bytearray()
+        data += sealed
+        data += _TRAILER.pack(len(sealed))
         pack_id = hashlib.sha256(data).digest()
         return pack_id, data, PackRecord(pack_id, self.type, list(self.entries))
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from cargohold.backends.base import Backend
 from cargohold.errors import (
@@ -206,9 +206,7 @@ class Repository:
         with self._lock:
             self._inflight.discard(bid)
 
-    def encode(
-        self, btype: BlobType, bid: bytes, data: bytes | memoryview, *, compress: bool = True
-    ) -> bytes:
+    def encode(self, btype: BlobType, bid: bytes, data: bytes | memoryview, *, compress: bool = True) -> bytes:
         level = self.config.compression_level
         return encode_blob(self.cipher, btype, bid, data, level=level, compress=compress)
 
@@ -241,7 +239,9 @@ class Repository:
 
     def _write_pack(self, builder: PackBuilder) -> None:
         pack_id, data, rec = builder.finish(self.cipher)
-        self.backend.store(pack_name(pack_id), data)
+        # Backends write any bytes-like buffer; passing the builder's bytearray saves a
+        # 16 MiB copy per pack.
+        self.backend.store(pack_name(pack_id), cast(bytes, data))
         with self._lock:
             self.index.add_pack(rec)
             self._unindexed.append(rec)

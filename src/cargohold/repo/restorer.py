@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cargohold.errors import BackendError, IntegrityError, UsageError
 from cargohold.repo.format import BlobType, decode_blob, pack_name
 from cargohold.repo.fsnode import apply_metadata
+from cargohold.repo.memory import tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
@@ -99,6 +100,7 @@ class Restorer:
         self._lock = threading.Lock()
 
     def run(self, snapshot: Snapshot, target: str | os.PathLike[str]) -> RestoreResult:
+        tune_allocator()
         root = os.fsencode(os.path.abspath(target))
         os.makedirs(root, exist_ok=True)
         self.opts.progress.start("restore", snapshot.stats.bytes or None)
