@@ -53,7 +53,8 @@ def _testbed(call: Callable[[], str]) -> str:
     try:
         return call()
     except TestbedError as exc:
-        pytest.fail(f"test bed: {exc}", pytrace=False)
+        message = str(exc)
+    pytest.fail(f"test bed: {message}", pytrace=False)
 
 
 def _sweep(host: str) -> None:

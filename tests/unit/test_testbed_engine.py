@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,15 @@ def test_parse_dockerd_major() -> None:
     assert parse_dockerd_major("garbage") is None
 
 
-def test_candidates_are_docker_host_then_the_default_socket() -> None:
+def test_candidates_are_docker_host_then_the_default_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "DEFAULT_HOST", DEFAULT)
     assert candidate_hosts({}) == [DEFAULT]
     assert candidate_hosts({"DOCKER_HOST": "tcp://127.0.0.1:2375"}) == ["tcp://127.0.0.1:2375", DEFAULT]
     assert candidate_hosts({"DOCKER_HOST": DEFAULT}) == [DEFAULT]
 
 
 def test_engine_that_answers_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "DEFAULT_HOST", DEFAULT)
     asked: list[str] = []
 
     def answers(host: str, *, timeout: float = 3.0) -> bool:
@@ -73,17 +76,28 @@ def test_engine_that_answers_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> N
     assert asked == ["unix:///nowhere.sock", DEFAULT]
 
 
-def test_no_engine_and_not_root_says_what_to_provide(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_engine_and_not_root_says_what_to_provide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(engine, "DEFAULT_HOST", f"unix://{tmp_path}/docker.sock")
     monkeypatch.setattr(engine, "engine_answers", lambda host, timeout=3.0: False)
     monkeypatch.setattr(engine, "is_linux_root", lambda: False)
     monkeypatch.setattr(engine, "_spawn", _must_not_run)
     with pytest.raises(TestbedError) as info:
         engine.ensure_engine(env={})
     text = str(info.value)
-    assert "no Docker engine answers at unix:///var/run/docker.sock" in text
+    assert f"no Docker engine answers at unix://{tmp_path}/docker.sock" in text
     assert "DOCKER_HOST" in text and "\n" not in text
     with pytest.raises(TestbedError, match="needs root"):
         engine.ensure_second_engine(Path("/run/x-e2"))
+
+
+def test_a_socket_we_may_not_use_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "docker.sock").touch()
+    monkeypatch.setattr(engine, "DEFAULT_HOST", f"unix://{tmp_path}/docker.sock")
+    monkeypatch.setattr(engine, "engine_answers", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(engine, "is_linux_root", lambda: False)
+    monkeypatch.setattr(engine.os, "access", lambda path, mode: False)
+    with pytest.raises(TestbedError, match=re.escape(f"permission denied on the Docker socket {tmp_path}/docker.sock")):
+        engine.ensure_engine(env={})
 
 
 def test_engine_answers_is_false_for_a_missing_socket(tmp_path: Path) -> None:

@@ -220,6 +220,13 @@ def _spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 def _need_root(what: str, host: str) -> None:
     if not is_linux_root():
+        for candidate in host.split(" or "):
+            path = candidate[len("unix://") :] if candidate.startswith("unix://") else ""
+            if path and Path(path).exists() and not os.access(path, os.R_OK | os.W_OK):
+                raise TestbedError(
+                    f"permission denied on the Docker socket {path}",
+                    hint="join the 'docker' group, run as root, or set DOCKER_HOST to an engine you may use",
+                )
         raise TestbedError(
             f"no Docker engine answers at {host}; {what} needs root on Linux",
             hint="start a Docker engine (API >= 1.41) and set DOCKER_HOST to it, "
