@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -72,10 +73,14 @@ def test_postgres_data_persists_in_a_named_volume(
     assert docker_port.wait(first, timeout=5) == 0
     docker_port.remove_container(first)
 
-    second = resources.run(postgres_image, prefix="pg", volumes={vol: "/var/lib/postgresql/data"})
-    wait_ready(docker_port, second, POSTGRES)
+    # PGPORT in the container's environment moves the server and the exec'd clients alike.
+    second = resources.run(
+        postgres_image, prefix="pg", volumes={vol: "/var/lib/postgresql/data"}, environment={"PGPORT": "5433"}
+    )
+    wait_ready(docker_port, second, POSTGRES, server_port=5433)
     out = _ok(docker_port, second, ["psql", "-U", "postgres", "-tAc", "select v from kept"])
     assert out.strip() == "still here"
+    assert _ok(docker_port, second, ["psql", "-U", "postgres", "-tAc", "show port"]).strip() == "5433"
     logs = docker_port.logs(second, tail=200)
     assert "initdb" not in logs and "Success. You can now start" not in logs  # not re-initialised
 
@@ -116,7 +121,7 @@ def test_second_engine_is_independent(
     resources: Resources,
     second_resources: Resources,
     second_engine: str,
-    second_engine_image: object,
+    second_engine_image: Callable[[str], str],
 ) -> None:
     assert second_engine != docker_port.endpoint.host
     assert second_docker_port.engine_info().id != docker_port.engine_info().id
@@ -128,7 +133,6 @@ def test_second_engine_is_independent(
     with pytest.raises(VolumeNotFound):
         docker_port.inspect_volume(other)
 
-    assert callable(second_engine_image)
     image = second_engine_image("busybox")
     name = second_resources.run(image, command=["sh", "-c", "echo on the second engine"])
     assert second_docker_port.wait(name, timeout=30) == 0
@@ -153,9 +157,8 @@ def test_cleanup_removes_containers_and_volumes(docker_port: SdkDocker, busybox_
 
 
 def test_sweep_removes_leftovers_of_dead_sessions_only(
-    docker_port: SdkDocker, resources: Resources, unique_name: object
+    docker_port: SdkDocker, resources: Resources, unique_name: Callable[[str], str]
 ) -> None:
-    assert callable(unique_name)
     dead_pid = _dead_pid()
     dead = resources.volume("dead", labels={OWNER_LABEL: f"{socket.gethostname()}:{dead_pid}"})
     alive = resources.volume("alive", labels={OWNER_LABEL: f"{socket.gethostname()}:1"})
