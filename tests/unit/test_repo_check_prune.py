@@ -176,8 +176,9 @@ def test_prune_repacks_partly_used_packs(tmp_path: Path, repo: Repository) -> No
     stored = sum(i.size for i in repo.backend.list("data/"))
     assert stored < 1_200_000
     assert svc.check(fresh(repo), read_data=True).ok
-    _, out = svc.restore(fresh(repo), "latest", tmp_path / "out")
+    _, restored = svc.restore(fresh(repo), "latest", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f6", "f7"]
+    assert not restored.damaged
 
 
 def test_prune_defers_deletion_while_a_backup_holds_a_lock(tmp_path: Path, repo: Repository) -> None:
