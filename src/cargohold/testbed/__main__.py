@@ -32,7 +32,10 @@ from cargohold.testbed.recipes import IMAGE_NAMES
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cargohold.testbed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cargohold.testbed",
+        description="Set up the Docker engine and the local test images of cargohold's tests.",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("engine", help="make sure a Docker engine answers; print its URL")
@@ -41,16 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help=f"images to build (default: all of {', '.join(IMAGE_NAMES)})"
     )
     images.add_argument("--host", help="engine URL (default: the one `engine` finds)")
-    for name in ("second-engine", "stop-second-engine"):
-        cmd = sub.add_parser(name, help=f"{name.replace('-', ' ')} (in --base)")
-        cmd.add_argument(
-            "--base",
-            type=Path,
-            default=DEFAULT_SECOND_BASE,
-            help=f"its directory (short: socket paths are limited), default {DEFAULT_SECOND_BASE}",
-        )
-        if name == "stop-second-engine":
-            cmd.add_argument("--purge", action="store_true", help="also delete its data")
+    base_help = f"its directory (short: socket paths are limited), default {DEFAULT_SECOND_BASE}"
+    second = sub.add_parser("second-engine", help="start a second, independent engine; print its URL")
+    second.add_argument("--base", type=Path, default=DEFAULT_SECOND_BASE, help=base_help)
+    stop = sub.add_parser("stop-second-engine", help="stop the second engine")
+    stop.add_argument("--base", type=Path, default=DEFAULT_SECOND_BASE, help=base_help)
+    stop.add_argument("--purge", action="store_true", help="also delete its data")
     status = sub.add_parser("status", help="what answers and which images are up to date")
     status.add_argument("--base", type=Path, default=DEFAULT_SECOND_BASE)
     return parser
