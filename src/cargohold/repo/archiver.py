@@ -116,6 +116,8 @@ class Archiver:
         self.warnings: list[str] = []
         self._budget = _Budget(self.opts.max_inflight)
         self._error: BaseException | None = None
+        #: Whether anything but access times differs from the parent snapshot.
+        self._changed = False
         self._local = threading.local()
         self._stats_lock = threading.Lock()
         self._file_pool: ThreadPoolExecutor | None = None
@@ -160,7 +162,7 @@ class Archiver:
         if (
             self.opts.skip_if_unchanged
             and parent is not None
-            and parent.tree == tree_id
+            and not self._changed
             and parent.root is not None
             and _comparable(parent.root) == _comparable(root_node)
         ):
@@ -244,6 +246,11 @@ class Archiver:
             nodes = [n for n in nodes if id(n) not in failed]
         if self._error is not None:
             raise self._error
+        if not self._changed and (
+            len(nodes) != len(previous)
+            or any(n.name not in previous or _comparable(n) != _comparable(previous[n.name]) for n in nodes)
+        ):
+            self._changed = True
         return self.repo.save_tree(Tree(nodes))
 
     def _unchanged(self, prev: Node, node: Node) -> bool:
@@ -341,9 +348,12 @@ class Archiver:
 
 
 def _comparable(node: Node) -> dict[str, object]:
-    """A node's metadata without its access time (reading a directory may update it)."""
+    """A node without its access time (reading may update it) and, for a directory, its
+    subtree id (which changes with its children's access times; children are compared
+    on their own)."""
     d = node.to_json()
     d.pop("atime_ns", None)
+    d.pop("subtree", None)
     return d
 
 
