@@ -241,7 +241,7 @@ class Pruner:
         }
         plain = json.dumps(doc, sort_keys=True).encode("utf-8")
         stored = encode_object(self.repo.cipher, plain, AD_OBSOLETE)
-        self.repo.backend.store(f"{OBSOLETE_PREFIX}{sha256_hex(stored)}", stored)
+        self.repo.store_object(f"{OBSOLETE_PREFIX}{sha256_hex(stored)}", stored)
 
     # --- phase 2 --------------------------------------------------------------------
 

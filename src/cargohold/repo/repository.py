@@ -10,6 +10,7 @@ the commit point: packs and index files without a snapshot are harmless leftover
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -241,7 +242,7 @@ class Repository:
         pack_id, data, rec = builder.finish(self.cipher)
         # Backends write any bytes-like buffer; passing the builder's bytearray saves a
         # 16 MiB copy per pack.
-        self.backend.store(pack_name(pack_id), cast(bytes, data))
+        self.store_object(pack_name(pack_id), cast(bytes, data))
         with self._lock:
             self.index.add_pack(rec)
             self._unindexed.append(rec)
@@ -267,9 +268,19 @@ class Repository:
         plain = encode_index(packs, [bytes.fromhex(s) for s in supersedes])
         stored = encode_object(self.cipher, plain, AD_INDEX)
         name = sha256_hex(stored)
-        self.backend.store(f"index/{name}", stored)
+        self.store_object(f"index/{name}", stored)
         self.index_ids.add(name)
         return name
+
+    def store_object(self, name: str, data: bytes) -> None:
+        """Store; when that fails, try to remove what a broken store may have left half
+        written, so a failed write never leaves a damaged object behind."""
+        try:
+            self.backend.store(name, data)
+        except BackendError:
+            with contextlib.suppress(BackendError):
+                self.backend.delete(name)
+            raise
 
     def load_blob(self, btype: BlobType, bid: bytes) -> bytes:
         loc = self.index.lookup(bid)
@@ -357,7 +368,7 @@ class Repository:
     def save_snapshot(self, snap: Snapshot) -> str:
         stored = encode_object(self.cipher, snap.encode(), AD_SNAPSHOT)
         sid = sha256_hex(stored)
-        self.backend.store(f"snapshots/{sid}", stored)
+        self.store_object(f"snapshots/{sid}", stored)
         snap.id = sid
         return sid
 
