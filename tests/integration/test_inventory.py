@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -108,10 +109,8 @@ def scene(docker_port: SdkDocker, busybox_image: str, tmp_path: Path) -> Iterato
         for cid in s.created:
             api.remove_container(cid, force=True, v=True)
         for vol in (s.named, s.dangling):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 api.remove_volume(vol, force=True)
-            except docker.errors.NotFound:
-                pass
         api.remove_image(s.image, force=True)
 
 

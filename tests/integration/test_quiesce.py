@@ -105,9 +105,12 @@ def test_failing_pre_hook_aborts_and_leaves_everything_running(
         decide(parts[1].container.name, "x", {"cargohold.pre": "echo nope >&2; exit 3"}),
     )
     ran = False
-    with pytest.raises(ConsistencyError, match="pre-hook .* exit code 3: nope"):
-        with quiescer(docker_port, IntentJournal()).hold([parts[0], bad], purpose="t", mode=Mode.STOP):
-            ran = True
+    q = quiescer(docker_port, IntentJournal())
+    with (
+        pytest.raises(ConsistencyError, match=r"pre-hook .* exit code 3: nope"),
+        q.hold([parts[0], bad], purpose="t", mode=Mode.STOP),
+    ):
+        ran = True
     assert not ran
     assert [docker_port.inspect_container(c).state for c in sleepers] == ["running", "running"]
     # the first container's pre-hook ran, so its post-hook ran too
@@ -115,11 +118,11 @@ def test_failing_pre_hook_aborts_and_leaves_everything_running(
 
 
 def test_error_in_body_still_restores(docker_port: SdkDocker, sleepers: list[str], state_dir: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with quiescer(docker_port, IntentJournal()).hold(
-            participants(docker_port, sleepers), purpose="t", mode=Mode.STOP
-        ):
-            raise RuntimeError("read failed")
+    with (
+        pytest.raises(RuntimeError),
+        quiescer(docker_port, IntentJournal()).hold(participants(docker_port, sleepers), purpose="t", mode=Mode.STOP),
+    ):
+        raise RuntimeError("read failed")
     assert [docker_port.inspect_container(c).state for c in sleepers] == ["running", "running"]
     assert IntentJournal().pending() == []
 
