@@ -44,7 +44,7 @@ def _project(tmp_path: Path, text: str = COMPOSE) -> Path:
 
 def test_register_adds_audit_and_adopt() -> None:
     names = {c.name for c in _app().registered_commands}
-    assert {"audit"} <= names
+    assert {"audit", "adopt"} <= names
 
 
 def test_json_shape_and_exit_code(tmp_path: Path, capsys: object) -> None:

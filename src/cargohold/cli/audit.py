@@ -191,5 +191,38 @@ def audit(
         raise typer.Exit(exit_codes.FINDINGS)
 
 
+def adopt(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="CONTAINER:PATH — the data to move.", metavar="CONTAINER:PATH")],
+    volume: Annotated[str, typer.Option("--as", help="Name of the new named volume.", metavar="VOLUME")],
+    recreate: Annotated[
+        bool,
+        typer.Option("--recreate", help="Recreate the (non-compose) container with the new mount, same config."),
+    ] = False,
+    stop_timeout: Annotated[
+        int, typer.Option("--stop-timeout", help="Seconds to wait for the container to stop.", min=0)
+    ] = 30,
+    json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Move data from an anonymous volume or the writable layer into a new named volume (verified copy)."""
+    container, sep, path = target.partition(":")
+    if not sep or not container or not path.startswith("/"):
+        raise UsageError(f"expected CONTAINER:/absolute/path, got {target!r}")
+    from cargohold.services import adopt as adopt_svc
+
+    result = adopt_svc.adopt(state(ctx).docker(), container, path, volume, recreate=recreate, stop_timeout=stop_timeout)
+    if json:
+        print_json(result.to_json())
+        return
+    typer.echo(
+        f"copied {result.files} files ({human_bytes(result.bytes)}) from {result.container}:{result.path} "
+        f"({result.source.replace('-', ' ')}) into volume {result.volume}; verified"
+    )
+    typer.echo(result.instructions)
+    if result.old_volume and not result.recreated:
+        typer.echo(f"the old anonymous volume {result.old_volume} is kept; remove it once you switched over")
+
+
 def register(app: typer.Typer) -> None:
     app.command("audit")(audit)
+    app.command("adopt")(adopt)
