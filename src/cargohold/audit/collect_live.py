@@ -8,13 +8,15 @@ run on a small thread pool; a container that disappears meanwhile is skipped.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import stat as pystat
-from collections.abc import Callable, Iterable, Mapping
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cargohold.audit.backups import BackupIndex, BackupPolicy
 from cargohold.audit.knowledge import lookup
@@ -36,6 +38,8 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 #: stat calls per container to size its writable layer; beyond it the size is a lower bound.
 MAX_STATS = 64
+#: Bytes read through the archive API per container when stat is unavailable.
+MAX_ARCHIVE_BYTES = 256 << 20
 #: Paths whose writes are expected and not worth keeping.
 NOISE = (
     "/tmp",
@@ -104,14 +108,74 @@ def _writable(docker: DockerPort, c: ContainerInfo) -> WritableLayer | None:
         return None
     sizes: dict[str, int] = {}
     leaves = _leaves(paths)
+    budget = [MAX_ARCHIVE_BYTES]
+    partial = len(leaves) > MAX_STATS
     for p in leaves[:MAX_STATS]:
-        try:
-            st = docker.stat_path(c.id, p)
-        except DockerError:
-            continue
-        if not st.mode & (_GO_MODE_DIR | _GO_MODE_SYMLINK) and not pystat.S_ISDIR(st.mode):
-            sizes[p] = st.size
-    return WritableLayer(paths=tuple(paths), sizes=sizes, partial=len(leaves) > MAX_STATS)
+        size = _file_size(docker, c.id, p, budget)
+        if size is None:
+            partial = True
+        elif size >= 0:
+            sizes[p] = size
+    return WritableLayer(paths=tuple(paths), sizes=sizes, partial=partial)
+
+
+def _file_size(docker: DockerPort, cid: str, path: str, budget: list[int]) -> int | None:
+    """Size of a regular file (-1 for directories and links), None when it cannot be measured.
+
+    Asks the archive API for the path's stat; if the port cannot answer that, reads the
+    tar headers of the path instead, within a byte budget per container.
+    """
+    try:
+        st = docker.stat_path(cid, path)
+    except DockerError:
+        return None
+    except Exception:  # a port whose stat does not work: measure from the archive instead
+        return _archive_size(docker, cid, path, budget)
+    if st.mode & (_GO_MODE_DIR | _GO_MODE_SYMLINK) or pystat.S_ISDIR(st.mode):
+        return -1
+    return st.size
+
+
+def _archive_size(docker: DockerPort, cid: str, path: str, budget: list[int]) -> int | None:
+    """Bytes of the regular files in the tar of ``path`` (-1 when ``path`` is not a file)."""
+    if budget[0] <= 0:
+        return None
+    total = 0
+    is_file = False
+    try:
+        stream = docker.get_archive(cid, path)
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(iter(stream))), mode="r|") as tar:
+            for i, member in enumerate(tar):
+                if i == 0:
+                    is_file = member.isfile()
+                if member.isfile():
+                    total += member.size
+                    budget[0] -= member.size
+                    if budget[0] <= 0:
+                        return None
+    except (DockerError, tarfile.TarError):
+        return None
+    return total if is_file else -1
+
+
+class _ChunkReader(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 def _mounts(
