@@ -142,10 +142,10 @@ def run(argv: list[str]) -> int:
     except CargoholdError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
-    print("$ cargohold volumes")
-    code = cargohold(["volumes"])
-    print("\n$ cargohold mounts")
-    return code or cargohold(["mounts"])
+    print(f"$ cargohold volumes --project {PROJECT}")
+    code = cargohold(["volumes", "--project", PROJECT])
+    print(f"\n$ cargohold mounts --project {PROJECT}")
+    return code or cargohold(["mounts", "--project", PROJECT])
 
 
 if __name__ == "__main__":

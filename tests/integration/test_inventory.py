@@ -242,3 +242,12 @@ def test_socket_permission_denied(engine: str) -> None:
     kind, message = queue.get(timeout=5)
     assert kind == "denied", message
     assert "permission denied" in message and "docker' group" in message
+
+
+def test_project_filter(scene: Scene) -> None:
+    res = cli("volumes", "--json", "--project", scene.project)
+    assert res.returncode == 0, res.stderr
+    # the named volume carries the label; the anonymous one belongs through its container
+    assert {v["name"] for v in json.loads(res.stdout)["volumes"]} == {scene.named, scene.anon}
+    res = cli("mounts", "--json", "-p", scene.project)
+    assert [c["name"] for c in json.loads(res.stdout)["containers"]] == [scene.container]

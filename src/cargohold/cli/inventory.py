@@ -13,6 +13,9 @@ from cargohold.model.inventory import SCHEMA_VERSION, ContainerEntry, MountEntry
 from cargohold.services import inventory
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON (see README) instead of a table.")]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", "-p", help="Only this compose project.", metavar="NAME")
+]
 
 
 def _engine_json(engine: EngineInfo) -> dict[str, Any]:
@@ -38,9 +41,9 @@ def _users(entry: VolumeEntry) -> str:
     return ", ".join(f"{u.name}:{u.mount_path}{' (ro)' if u.read_only else ''}" for u in entry.users)
 
 
-def volumes(ctx: typer.Context, json: JsonOpt = False) -> None:
+def volumes(ctx: typer.Context, json: JsonOpt = False, project: ProjectOpt = None) -> None:
     """List every volume: kind, size, compose project, users and risk flags."""
-    report = inventory.volume_report(state(ctx).docker())
+    report = inventory.volume_report(state(ctx).docker(), project=project)
     if json:
         print_json(
             {
@@ -109,9 +112,9 @@ def _container_rows(c: ContainerEntry, tty: bool) -> list[list[str]]:
     return rows
 
 
-def mounts(ctx: typer.Context, json: JsonOpt = False) -> None:
+def mounts(ctx: typer.Context, json: JsonOpt = False, project: ProjectOpt = None) -> None:
     """List every container's mounts and what covers each image-declared VOLUME."""
-    report = inventory.mount_report(state(ctx).docker())
+    report = inventory.mount_report(state(ctx).docker(), project=project)
     if json:
         print_json(
             {

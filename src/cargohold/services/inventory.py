@@ -11,6 +11,7 @@ from cargohold.docker.port import DockerPort
 from cargohold.errors import DockerNotFound, VolumeNotFound
 from cargohold.model.engine import ContainerInfo, EngineInfo, ImageInfo
 from cargohold.model.inventory import (
+    COMPOSE_PROJECT,
     ContainerEntry,
     VolumeEntry,
     VolumeKind,
@@ -35,13 +36,24 @@ class MountReport:
     containers: list[ContainerEntry]
 
 
-def volume_report(docker: DockerPort, *, sizes: bool = True) -> VolumeReport:
-    """Every volume of the engine with its users, size and flags."""
+def _in_project(entry: VolumeEntry, project: str) -> bool:
+    return entry.compose_project == project or any(u.compose_project == project for u in entry.users)
+
+
+def volume_report(docker: DockerPort, *, sizes: bool = True, project: str | None = None) -> VolumeReport:
+    """Every volume of the engine with its users, size and flags.
+
+    ``project`` keeps the volumes of one compose project: labelled with it, or used by
+    one of its containers (anonymous volumes carry no labels).
+    """
     engine = docker.engine_info()
     volumes = docker.list_volumes()
     containers = docker.list_containers(all=True)
     measured = docker.volume_sizes() if sizes else {}
-    return VolumeReport(engine, build_volume_inventory(volumes, containers, measured))
+    entries = build_volume_inventory(volumes, containers, measured)
+    if project is not None:
+        entries = [e for e in entries if _in_project(e, project)]
+    return VolumeReport(engine, entries)
 
 
 def inspect_volume(docker: DockerPort, name: str) -> VolumeEntry:
@@ -83,10 +95,16 @@ def _images(docker: DockerPort, image_ids: set[str]) -> dict[str, ImageInfo]:
         return {k: v for k, v in pool.map(one, sorted(image_ids)) if v is not None}
 
 
-def mount_report(docker: DockerPort) -> MountReport:
-    """Every container's mounts (tmpfs included) and image VOLUME coverage."""
+def mount_report(docker: DockerPort, *, project: str | None = None) -> MountReport:
+    """Every container's mounts (tmpfs included) and image VOLUME coverage.
+
+    ``project`` keeps the containers of one compose project.
+    """
     engine = docker.engine_info()
-    detailed = _inspect_all(docker, docker.list_containers(all=True))
+    containers = docker.list_containers(all=True)
+    if project is not None:
+        containers = [c for c in containers if c.labels.get(COMPOSE_PROJECT) == project]
+    detailed = _inspect_all(docker, containers)
     images = _images(docker, {c.image_id for c in detailed if c.image_id})
     kinds: dict[str, VolumeKind] = {v.name: volume_kind(v) for v in docker.list_volumes()}
     entries = build_mount_inventory(detailed, images, kinds, _local_path_exists(engine))
