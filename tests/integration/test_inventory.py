@@ -251,3 +251,23 @@ def test_project_filter(scene: Scene) -> None:
     assert {v["name"] for v in json.loads(res.stdout)["volumes"]} == {scene.named, scene.anon}
     res = cli("mounts", "--json", "-p", scene.project)
     assert [c["name"] for c in json.loads(res.stdout)["containers"]] == [scene.container]
+
+
+def test_docker_context_selects_the_engine(engine: str, tmp_path: Path) -> None:
+    """A docker CLI context (as `docker context create` writes it) is honoured, flag and env alike."""
+    import hashlib
+
+    cfg = tmp_path / "dockercfg"
+    meta = cfg / "contexts" / "meta" / hashlib.sha256(b"bed").hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(
+        json.dumps({"Name": "bed", "Metadata": {}, "Endpoints": {"docker": {"Host": engine, "SkipTLSVerify": False}}})
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env["DOCKER_CONFIG"] = str(cfg)
+    for args, extra in ((["--context", "bed"], {}), ([], {"DOCKER_CONTEXT": "bed"})):
+        res = cli(*args, "volumes", "--json", env={**env, **extra})
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["engine"]["host"] == engine
+    res = cli("--context", "missing", "volumes", env=env)
+    assert res.returncode == 2 and "context 'missing' does not exist" in res.stderr
