@@ -261,3 +261,27 @@ def test_findings_sorted_by_severity_and_deduplicated() -> None:
     ranks = [f.severity.rank for f in found]
     assert ranks == sorted(ranks, reverse=True)
     assert len(found) == len({(f.rule, f.container, f.path) for f in found})
+
+
+def test_parent_directories_of_writes_are_not_separate_findings() -> None:
+    layer = WritableLayer(paths=("/srv", "/srv/up", "/srv/up/f"), sizes={"/srv/up/f": 65536})
+    found = [f for f in run(live(container("w", "busybox", writable=layer))) if f.rule == "writable-layer-data"]
+    assert [(f.path, f.size) for f in found] == [("/srv/up", 65536)]
+
+
+def test_relevant_changes_drop_noise_mounts_and_deletions() -> None:
+    from cargohold.audit.collect_live import relevant_changes
+    from cargohold.model.engine import FileChange
+
+    changes = [
+        FileChange("/tmp/x", 1),
+        FileChange("/run/app.pid", 1),
+        FileChange("/var/lib", 0),  # parent of a mount point
+        FileChange("/var/lib/mysql", 1),  # the mount point itself
+        FileChange("/etc/old.conf", 2),  # deleted
+        FileChange("/root/.ash_history", 1),
+        FileChange("/srv/up", 1),
+        FileChange("/srv/up/f", 1),
+        FileChange("/etc/app.conf", 0),
+    ]
+    assert relevant_changes(changes, ["/var/lib/mysql"]) == ["/etc/app.conf", "/srv/up", "/srv/up/f"]

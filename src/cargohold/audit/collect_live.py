@@ -99,6 +99,8 @@ def _leaves(paths: list[str]) -> list[str]:
 
 
 def _writable(docker: DockerPort, c: ContainerInfo) -> WritableLayer | None:
+    if c.state == "created":
+        return None  # never started: nothing ran that could write (the engine only made mount points)
     try:
         changes = docker.container_changes(c.id)
     except DockerError:

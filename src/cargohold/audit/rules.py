@@ -379,7 +379,10 @@ def check_writable_layer(inp: AuditInput) -> Iterator[Finding]:
             continue
         data_roots = [p for p, _ in _data_paths(w)]
         groups: dict[str, list[str]] = {}
-        for p in layer.paths:
+        ordered = sorted(layer.paths)
+        for i, p in enumerate(ordered):
+            if i + 1 < len(ordered) and ordered[i + 1].startswith(p.rstrip("/") + "/"):
+                continue  # a directory holding other written paths: counted through them
             groups.setdefault(_group_of(p, data_roots), []).append(p)
         for top, paths in sorted(groups.items()):
             size = sum(layer.sizes.get(p, 0) for p in paths)
