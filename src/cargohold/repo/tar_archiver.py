@@ -1,0 +1,307 @@
+"""Backup of a tar stream — the Docker Engine archive API's — through the archiver's pipeline.
+
+When cargohold cannot read a volume's files itself (a remote or rootless engine, a volume
+driver without a local mountpoint), the engine streams them as a tar
+(``GET /containers/{id}/archive``). :class:`TarArchiver` turns that stream into the same
+trees and content blobs a directory backup makes: one pass, file contents chunked and hashed
+as they arrive, new chunks compressed and encrypted by the blob workers, trees saved bottom-up
+at the end. Snapshots of both read paths are alike and deduplicate against each other.
+
+What the archive API gives is what the snapshot holds: modification times to the second,
+no access/change times, no sparse regions (holes arrive as zeros and deduplicate to one
+chunk). Extended attributes are kept when the tar carries them (``SCHILY.xattr.*``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import socket
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import IO, Any, cast
+
+from cargohold import __version__
+from cargohold.errors import UsageError
+from cargohold.repo.archiver import Archiver, BackupResult, _comparable, _Compressibility, _username
+from cargohold.repo.chunker import ExtentReader
+from cargohold.repo.snapshot import Snapshot, Source
+from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Tree
+
+_XATTR = "SCHILY.xattr."
+
+
+class IterStream(io.RawIOBase):
+    """A readable raw stream over an iterator of byte chunks (what docker-py yields)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it: Iterator[bytes] = iter(chunks)
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._it))
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def open_stream(chunks: Iterable[bytes]) -> io.BufferedReader:
+    return io.BufferedReader(IterStream(chunks), buffer_size=1 << 20)
+
+
+def _norm(name: str) -> str:
+    """Tar member names ("./a/b", "a/b/", ".") as paths relative to the root ("" = root)."""
+    path = posixpath.normpath(name.lstrip("/"))
+    return "" if path in (".", "") else path.removeprefix("./")
+
+
+@dataclass
+class _Dir:
+    node: Node
+    children: dict[bytes, Node] = field(default_factory=dict)
+    subdirs: list[str] = field(default_factory=list)
+
+
+def _ns(pax_time: str) -> int:
+    """A PAX time ("1704164645.123456789") in nanoseconds, without float rounding."""
+    return int(Decimal(pax_time) * 1_000_000_000)
+
+
+def _node(member: tarfile.TarInfo, name: bytes) -> Node | None:
+    if member.isdir():
+        ntype = DIR
+    elif member.isreg():
+        ntype = FILE
+    elif member.issym():
+        ntype = SYMLINK
+    elif member.isfifo():
+        ntype = FIFO
+    elif member.ischr():
+        ntype = CHARDEV
+    elif member.isblk():
+        ntype = BLOCKDEV
+    else:
+        return None
+    pax = member.pax_headers or {}
+    node = Node(
+        name=name,
+        type=ntype,
+        mode=member.mode & 0o7777,
+        uid=member.uid,
+        gid=member.gid,
+        mtime_ns=_ns(pax["mtime"]) if "mtime" in pax else int(member.mtime) * 1_000_000_000,
+        atime_ns=_ns(pax["atime"]) if "atime" in pax else 0,
+        size=member.size if ntype == FILE else 0,
+        xattrs=sorted(
+            (k[len(_XATTR) :].encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+            for k, v in pax.items()
+            if k.startswith(_XATTR)
+        ),
+    )
+    if ntype == SYMLINK:
+        node.target = os.fsencode(member.linkname)
+    elif ntype in (CHARDEV, BLOCKDEV):
+        node.rdev = os.makedev(member.devmajor, member.devminor)
+    return node
+
+
+class TarArchiver(Archiver):
+    """Back up a tar stream; use :meth:`run_tar` instead of :meth:`Archiver.run`."""
+
+    def run_tar(self, chunks: Iterable[bytes], *, name: str) -> BackupResult:
+        """Store the tree the tar describes; ``name`` is the source name for messages."""
+        started = time.monotonic()
+        source = self.opts.source or Source("tar", name)
+        parent = self.opts.parent
+        bytes0, raw0, blobs0 = self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs
+        self.opts.progress.start("backup")
+        self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
+        try:
+            dirs = self._consume(open_stream(chunks), name)
+        finally:
+            self._blob_pool.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+        parent_tree = self.repo.load_tree(parent.tree) if parent is not None else None
+        tree_id = self._save(dirs, "", parent_tree)
+        root_node = dirs[""].node
+        root_node.subtree = tree_id
+        self.repo.flush()
+        self.opts.progress.finish()
+        stats = self.stats
+        stats.added_bytes = self.repo.added_bytes - bytes0
+        stats.added_raw_bytes = self.repo.added_raw_bytes - raw0
+        stats.blobs_added = self.repo.added_blobs - blobs0
+        stats.duration = round(time.monotonic() - started, 3)
+        if (
+            self.opts.skip_if_unchanged
+            and parent is not None
+            and not self._changed
+            and parent.root is not None
+            and _comparable(parent.root) == _comparable(root_node)
+        ):
+            return BackupResult(None, tree_id, stats, parent.id, skipped=True, warnings=self.warnings)
+        snap = Snapshot(
+            tree=tree_id,
+            time=datetime.now(UTC),
+            source=source,
+            hostname=socket.gethostname(),
+            username=_username(),
+            tags=sorted(set(self.opts.tags)),
+            paths=[name],
+            parent=parent.id if parent is not None else None,
+            program_version=__version__,
+            stats=stats,
+            root=root_node,
+        )
+        self.repo.save_snapshot(snap)
+        return BackupResult(snap, tree_id, stats, snap.parent, warnings=self.warnings)
+
+    # --- reading the stream -------------------------------------------------------------
+
+    def _consume(self, stream: IO[bytes], name: str) -> dict[str, _Dir]:
+        dirs: dict[str, _Dir] = {}
+        files: dict[str, Node] = {}
+        links: dict[int, list[Node]] = {}
+        next_inode = 1
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed by the `with` below
+        except tarfile.TarError as err:
+            raise UsageError(f"{name}: not a tar stream ({err})") from None
+        with tar:
+            for member in tar:
+                if self._error is not None:
+                    break
+                path = _norm(member.name)
+                if path == "":
+                    root = _node(member, b"")
+                    if root is not None and root.type == DIR:
+                        if "" in dirs:
+                            dirs[""].node = root
+                        else:
+                            dirs[""] = _Dir(root)
+                    continue
+                parent_path, base = posixpath.split(path)
+                holder = self._ensure_dir(dirs, parent_path, member)
+                bname = os.fsencode(base)
+                if member.islnk():
+                    target = files.get(_norm(member.linkname))
+                    if target is None:
+                        self._warn(f"{name}: {path}: hard link to {member.linkname} which is not in the archive")
+                        continue
+                    link = Node(**{**target.__dict__, "name": bname, "xattrs": list(target.xattrs)})
+                    group = links.setdefault(target.inode, [target])
+                    group.append(link)
+                    for same in group:  # every name of the file carries the same link count
+                        same.links = len(group)
+                    holder.children[bname] = link
+                    self.stats.files += 1
+                    self.stats.bytes += link.size
+                    continue
+                node = _node(member, bname)
+                if node is None:
+                    self._warn(f"{name}: {path}: unsupported entry type {member.type!r}")
+                    continue
+                if node.type == DIR:
+                    if path in dirs:  # created implicitly by a child that came first
+                        dirs[path].node = node
+                    else:
+                        dirs[path] = _Dir(node)
+                        holder.subdirs.append(path)
+                    self.stats.dirs += 1
+                elif node.type == FILE:
+                    node.inode = next_inode
+                    next_inode += 1
+                    self._read_member(tar, member, node, path)
+                    files[path] = node
+                    self.stats.files += 1
+                    self.stats.bytes += node.size
+                    self.stats.files_new += 1
+                else:
+                    self.stats.others += 1
+                holder.children[bname] = node
+        if "" not in dirs:
+            raise UsageError(f"{name}: the archive is empty")
+        return dirs
+
+    def _ensure_dir(self, dirs: dict[str, _Dir], path: str, member: tarfile.TarInfo) -> _Dir:
+        found = dirs.get(path)
+        if found is not None:
+            return found
+        # A parent the tar did not list (or lists later): give it the child's owner for now.
+        if path:
+            grand = self._ensure_dir(dirs, posixpath.dirname(path), member)
+            grand.subdirs.append(path)
+            name = os.fsencode(posixpath.basename(path))
+        else:
+            name = b""
+        node = Node(name=name, type=DIR, mode=0o755, uid=member.uid, gid=member.gid, mtime_ns=0)
+        created = _Dir(node)
+        dirs[path] = created
+        return created
+
+    def _read_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, node: Node, path: str) -> None:
+        data_file = tar.extractfile(member)
+        if data_file is None:
+            return
+        repo = self.repo
+        method = repo.config.chunker.choose(member.size, None)
+        content: list[bytes] = []
+        total = 0
+        comp = _Compressibility()
+        reader = cast(ExtentReader, data_file)
+        for data in self._chunker().chunks(reader, method, member.size):
+            bid = repo.blob_id(data)
+            content.append(bid)
+            total += len(data)
+            if repo.reserve(bid):
+                self._budget.acquire(len(data))
+                assert self._blob_pool is not None
+                try:
+                    self._blob_pool.submit(self._store, bid, data, comp)
+                except BaseException:
+                    self._budget.release(len(data))
+                    repo.release(bid)
+                    raise
+            self.opts.progress.advance(len(data))
+        if total != member.size:
+            self._warn(f"{path}: archive entry ended early ({total} of {member.size} bytes)")
+        node.size = total
+        node.content = content
+        node.chunking = method
+        self.opts.progress.advance(0, 1)
+
+    # --- trees ---------------------------------------------------------------------------
+
+    def _save(self, dirs: dict[str, _Dir], path: str, parent: Tree | None) -> bytes:
+        entry = dirs[path]
+        previous = {n.name: n for n in parent.nodes} if parent is not None else {}
+        for sub in entry.subdirs:
+            node = dirs[sub].node
+            prev = previous.get(node.name)
+            sub_parent = None
+            if prev is not None and prev.type == DIR and prev.subtree is not None:
+                sub_parent = self.repo.load_tree(prev.subtree)
+            node.subtree = self._save(dirs, sub, sub_parent)
+            entry.children[node.name] = node
+        nodes = [entry.children[k] for k in sorted(entry.children)]
+        if not self._changed and (
+            len(nodes) != len(previous)
+            or any(n.name not in previous or _comparable(n) != _comparable(previous[n.name]) for n in nodes)
+        ):
+            self._changed = True
+        return self.repo.save_tree(Tree(nodes))
