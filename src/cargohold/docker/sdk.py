@@ -105,9 +105,7 @@ class _Translator:
         except PermissionError as exc:
             self.unreachable(exc)
         except requests.exceptions.Timeout as exc:
-            raise EngineUnreachable(
-                f"the Docker engine at {self.endpoint.host} did not answer in time"
-            ) from exc
+            raise EngineUnreachable(f"the Docker engine at {self.endpoint.host} did not answer in time") from exc
         except docker.errors.DockerException as exc:
             text = str(exc)
             if "Error while fetching server API version" in text or "Connection" in text:
@@ -401,9 +399,7 @@ class SdkDocker:
             )
             out, err = self.api.exec_start(created["Id"], demux=True)
             code = self.api.exec_inspect(created["Id"]).get("ExitCode")
-        return ExecResult(
-            exit_code=int(code if code is not None else -1), stdout=out or b"", stderr=err or b""
-        )
+        return ExecResult(exit_code=int(code if code is not None else -1), stdout=out or b"", stderr=err or b"")
 
     def exec_stream(
         self,
@@ -493,6 +489,11 @@ class SdkDocker:
         except ImageNotFound:
             return False
         return True
+
+    def import_image(self, data: bytes, repository: str, tag: str) -> str:
+        with self._translate(f"import image {repository}:{tag}"):
+            self.api.import_image_from_data(data, repository=repository, tag=tag)
+        return self.inspect_image(f"{repository}:{tag}").id
 
 
 def connect(host: str | None = None, context: str | None = None) -> SdkDocker:

@@ -93,8 +93,18 @@ class Quiescer:
         return errors
 
     @contextmanager
-    def hold(self, participants: Sequence[Participant], *, purpose: str, mode: Mode) -> Iterator[Window]:
-        """Quiesce ``participants`` with ``mode`` (pause/stop/none/dump) around the caller's read."""
+    def hold(
+        self,
+        participants: Sequence[Participant],
+        *,
+        purpose: str,
+        mode: Mode,
+        before_freeze: Callable[[], None] | None = None,
+    ) -> Iterator[Window]:
+        """Quiesce ``participants`` with ``mode`` (pause/stop/none/dump) around the caller's read.
+
+        ``before_freeze`` runs after the pre-hooks, while every container still runs (dumps).
+        """
         window = Window()
         running = [p for p in participants if p.container.state == "running"]
         pre_done: list[Participant] = []
@@ -103,7 +113,9 @@ class Quiescer:
                 if p.decision.pre_hook:
                     self._hook(p.container, p.decision.pre_hook, "pre", window)
                 pre_done.append(p)
-        except (ConsistencyError, DockerError):
+            if before_freeze is not None:
+                before_freeze()
+        except BaseException:
             self._run_post_hooks(pre_done, window)
             raise
 
