@@ -104,3 +104,20 @@ def test_snapshot_as_tar_extracts_byte_exact(tmp_path: Path, repo: Repository) -
     # zeros of the sparse file's holes, which compress to almost nothing)
     again = TarArchiver(repo).run_tar([data], name="again")
     assert again.stats.added_bytes < 10_000
+
+
+def test_snapshot_tar_include(tmp_path: Path, repo: Repository) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    snap = Archiver(repo).run(src).snapshot
+    assert snap is not None
+    data = b"".join(snapshot_tar(repo, snap, include="sub/deeper"))
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-xpf", "-", "-C", str(out)], input=data, check=True)
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert got == ["sub", "sub/deeper", "sub/deeper/pages.db"]
+    assert (out / "sub/deeper/pages.db").read_bytes() == (src / "sub/deeper/pages.db").read_bytes()
+    with pytest.raises(UsageError, match="no such path"):
+        b"".join(snapshot_tar(repo, snap, include="sub/nope"))

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cargohold.errors import IntegrityError
+from cargohold.errors import IntegrityError, UsageError
 from cargohold.repo.format import BlobType
 from cargohold.repo.repository import Repository
+from cargohold.repo.restorer import split_path
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
 
@@ -128,19 +129,36 @@ def snapshot_tar(
     snapshot: Snapshot,
     *,
     prefix: str = ".",
+    include: str | None = None,
     stats: TarStats | None = None,
     workers: int = 2,
 ) -> Iterator[bytes]:
-    """The snapshot's tree as a tar stream; entries are named ``PREFIX/…`` (root = ``PREFIX``)."""
+    """The snapshot's tree as a tar stream; entries are named ``PREFIX/…`` (root = ``PREFIX``).
+
+    ``include`` (a path in the snapshot) limits it to that file or directory; the
+    directories leading to it are included, the root's own metadata is not.
+    """
     stats = stats if stats is not None else TarStats()
     links: dict[tuple[int, int], str] = {}
+    wanted = split_path(include) if include else ()
+    if wanted:
+        _check_include(repo, snapshot, wanted, include or "")
     with ThreadPoolExecutor(workers, thread_name_prefix="ch-tar") as pool:
         content = _Content(repo, pool)
-        if snapshot.root is not None:
+        if snapshot.root is not None and not wanted:
             root = Node(**{**snapshot.root.__dict__, "name": b""})
             yield _encode(_header(root, prefix))
-        yield from _walk(repo, snapshot.tree, prefix, content, links, stats)
+        yield from _walk(repo, snapshot.tree, prefix, content, links, stats, wanted)
     yield bytes(2 * BLOCK)
+
+
+def _check_include(repo: Repository, snapshot: Snapshot, wanted: tuple[bytes, ...], include: str) -> None:
+    tree_id: bytes | None = snapshot.tree
+    for i, part in enumerate(wanted):
+        node = repo.load_tree(tree_id).find(part) if tree_id is not None else None
+        if node is None or (i < len(wanted) - 1 and node.type != DIR):
+            raise UsageError(f"--path {include}: no such path in snapshot {snapshot.short_id}")
+        tree_id = node.subtree
 
 
 def _walk(
@@ -150,8 +168,12 @@ def _walk(
     content: _Content,
     links: dict[tuple[int, int], str],
     stats: TarStats,
+    wanted: tuple[bytes, ...] = (),
 ) -> Iterator[bytes]:
     for node in repo.load_tree(tree_id).nodes:
+        if wanted and node.name != wanted[0]:
+            continue
+        rest = wanted[1:]
         name = f"{path}/{os.fsdecode(node.name)}"
         if node.type not in _TYPES:  # sockets cannot be archived; they are recreated by their server
             stats.skipped += 1
@@ -181,6 +203,6 @@ def _walk(
         elif node.type == DIR:
             stats.dirs += 1
             if node.subtree is not None:
-                yield from _walk(repo, node.subtree, name, content, links, stats)
+                yield from _walk(repo, node.subtree, name, content, links, stats, rest)
         else:
             stats.others += 1
