@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,7 +31,8 @@ from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
-_DENSE = 0.5  # read a span of a pack at once when at least this share of it is needed
+_DENSE = 0.5
+_MAX_FDS = 64  # read a span of a pack at once when at least this share of it is needed
 
 
 @dataclass
@@ -86,6 +87,14 @@ class _Target:
     pieces: list[tuple[int, int, int]]
 
 
+def _create(path: bytes, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 class Restorer:
     def __init__(self, repo: Repository, options: RestoreOptions | None = None) -> None:
         self.repo = repo
@@ -98,6 +107,10 @@ class Restorer:
         self._dirs: list[tuple[bytes, Node]] = []
         self._links: dict[tuple[int, int], bytes] = {}
         self._lock = threading.Lock()
+        self._tls = threading.local()
+        self._sizes: dict[bytes, int] = {}
+        self._hardlinks: list[tuple[bytes, bytes, str]] = []
+        self._caches: list[OrderedDict[bytes, int]] = []
 
     def run(self, snapshot: Snapshot, target: str | os.PathLike[str]) -> RestoreResult:
         tune_allocator()
@@ -113,6 +126,14 @@ class Restorer:
             raise UsageError(f"--include {wanted}: no such path in snapshot {snapshot.short_id}")
         self._walk(tree.nodes, root, ())
         self._write_data()
+        for path, node in self._files:  # files whose data could not be written at all
+            if node.type == FILE and path in self._sizes and not os.path.lexists(path):
+                _create(path, node.size)
+        for first, path, relname in self._hardlinks:
+            try:
+                os.link(first, path)
+            except OSError as err:
+                self.result.warnings.append(f"{relname}: cannot link: {err.strerror}")
         for path, node in self._files:
             self.result.warnings.extend(apply_metadata(path, node, owners=self._owners))
         for path, node in reversed(self._dirs):
@@ -197,15 +218,14 @@ class Restorer:
             if node.links > 1 and node.inode:
                 first = self._links.get(key)
                 if first is not None:
-                    os.link(first, path)
+                    self._hardlinks.append((first, path, relname))  # made once the data is there
                     self.result.files += 1
                     return
                 self._links[key] = path
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.ftruncate(fd, node.size)
-            finally:
-                os.close(fd)
+            if not node.content:  # empty, or only holes: nothing will write it
+                _create(path, node.size)
+            else:  # created by the first write (in parallel, off the walk)
+                self._sizes[path] = node.size
             self._plan_file(node, path, relname)
             self._files.append((path, node))
             self.result.files += 1
@@ -245,9 +265,12 @@ class Restorer:
             loc = self.repo.index.lookup(bid)
             assert loc is not None
             by_pack[loc.pack].append((bid, loc.offset, loc.length, loc.raw_length))
-        with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-restore") as pool:
-            for fut in [pool.submit(self._restore_pack, p, blobs) for p, blobs in by_pack.items()]:
-                fut.result()
+        try:
+            with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-restore") as pool:
+                for fut in [pool.submit(self._restore_pack, p, blobs) for p, blobs in by_pack.items()]:
+                    fut.result()
+        finally:
+            self._close_fds()
 
     def _damage(self, bid: bytes, reason: str) -> None:
         with self._lock:
@@ -257,14 +280,15 @@ class Restorer:
     def _restore_pack(self, pack: bytes, blobs: list[tuple[bytes, int, int, int]]) -> None:
         blobs.sort(key=lambda b: b[1])
         groups: list[list[tuple[bytes, int, int, int]]] = [[blobs[0]]]
+        needed = blobs[0][2]
         for b in blobs[1:]:
             g = groups[-1]
-            start = g[0][1]
-            needed = sum(x[2] for x in g) + b[2]
-            if needed >= _DENSE * (b[1] + b[2] - start):
+            if needed + b[2] >= _DENSE * (b[1] + b[2] - g[0][1]):
                 g.append(b)
+                needed += b[2]
             else:
                 groups.append([b])
+                needed = b[2]
         name = pack_name(pack)
         for g in groups:
             start = g[0][1]
@@ -290,19 +314,49 @@ class Restorer:
                     continue
                 self._write_blob(bid, plain)
 
+    def _fd(self, path: bytes) -> int:
+        """An open descriptor for ``path`` from this thread's small cache (one pack feeds many
+        blobs to the same files; per-thread caches never close a descriptor another thread uses)."""
+        cache: OrderedDict[bytes, int] | None = getattr(self._tls, "fds", None)
+        if cache is None:
+            cache = OrderedDict()
+            self._tls.fds = cache
+            with self._lock:
+                self._caches.append(cache)
+        fd = cache.get(path)
+        if fd is not None:
+            cache.move_to_end(path)
+            return fd
+        # The walk removed whatever was at ``path``, so creating without O_TRUNC is safe when
+        # two threads race to create the same file; setting the final size is idempotent.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self._sizes[path])
+        except BaseException:
+            os.close(fd)
+            raise
+        cache[path] = fd
+        if len(cache) > _MAX_FDS:
+            os.close(cache.popitem(last=False)[1])
+        return fd
+
+    def _close_fds(self) -> None:
+        with self._lock:
+            caches, self._caches = self._caches, []
+        for cache in caches:
+            while cache:
+                os.close(cache.popitem()[1])
+
     def _write_blob(self, bid: bytes, plain: bytes) -> None:
         view = memoryview(plain)
         for t in self._need[bid]:
             try:
-                fd = os.open(t.path, os.O_WRONLY | os.O_CLOEXEC)
+                fd = self._fd(t.path)
             except OSError as err:
                 if err.errno != errno.ENOENT:
                     with self._lock:
                         self.result.warnings.append(f"{t.rel}: {err.strerror}")
                 continue
-            try:
-                for file_off, chunk_off, n in t.pieces:
-                    os.pwrite(fd, view[chunk_off : chunk_off + n], file_off)
-            finally:
-                os.close(fd)
+            for file_off, chunk_off, n in t.pieces:
+                os.pwrite(fd, view[chunk_off : chunk_off + n], file_off)
         self.opts.progress.advance(len(plain))
