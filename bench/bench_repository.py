@@ -489,6 +489,9 @@ def bench_scale(scale: float, workdir: Path, runs: int, profile: str | None) -> 
         "tools": {t.name: summarize(t) for t in tools},
     }
     result["ratios"] = ratios(result["tools"]["cargohold"], result["tools"]["restic"])
+    all_runs = [r for t in tools for rs in t.runs.values() for r in rs]
+    cores = os.cpu_count() or 1
+    result["others_share"] = round(sum(r.others_cpu_s for r in all_runs) / (cores * sum(r.wall_s for r in all_runs)), 3)
     if profile is not None:
         result["profile"] = profile_backup(ch, src, work, profile)
     return result
@@ -554,6 +557,18 @@ def table(result: dict[str, Any]) -> str:
             f"| {_fmt(metric, t['tar+zstd'][metric])} | {ratio} | <= {r['target']} "
             f"| {'met' if r['met'] else 'MISSED'} |"
         )
+    cpu = {n: t[n]["cpu_s_by_op"] for n in ("cargohold", "restic")}
+    cpu_ratios = ", ".join(
+        f"{op} {cpu['cargohold'][op] / cpu['restic'][op]:.2f}"
+        for op in OPS
+        if cpu["restic"].get(op) and cpu["cargohold"].get(op) is not None
+    )
+    lines += [
+        "",
+        f"CPU time cargohold / restic (user + system, independent of the load): {cpu_ratios}",
+        f"other processes used {result['others_share']:.0%} of the 2 cores while the tools ran "
+        "(wall times are inflated by that much contention)",
+    ]
     lines += ["", "peak RSS (MB) and CPU time (s) by operation:", ""]
     lines += ["| operation | " + " | ".join(f"{n} RSS | {n} CPU" for n in TOOLS) + " |"]
     lines += ["|---|" + "---|---|" * len(TOOLS)]
