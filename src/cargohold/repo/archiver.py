@@ -143,7 +143,7 @@ class Archiver:
         self._file_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-read")
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         try:
-            tree_id = self._walk(root, parent_tree)
+            tree_id = self._walk(root, parent_tree, parent.tree if parent is not None else None)
         finally:
             self._file_pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True)
@@ -189,7 +189,9 @@ class Archiver:
         with self._stats_lock:
             self.warnings.append(msg)
 
-    def _walk(self, path: bytes, parent: Tree | None) -> bytes:
+    def _walk(self, path: bytes, parent: Tree | None, parent_id: bytes | None = None) -> bytes:
+        """Back up the directory ``path``; return its tree id. ``parent`` is the same
+        directory in the parent snapshot (``parent_id`` its tree id)."""
         if self._error is not None:
             raise self._error
         previous = {n.name: n for n in parent.nodes} if parent is not None else {}
@@ -200,11 +202,21 @@ class Archiver:
             names = []
         nodes: list[Node] = []
         pending: list[tuple[Node, Future[bool]]] = []
+        strict = not self.opts.ignore_inode
         for name in names:
             full = path + b"/" + name
+            prev = previous.get(name)
             try:
                 st = os.lstat(full)
-                node = node_from_stat(full, name, st)
+                # xattrs and symlink targets cannot change without changing ctime: reuse them
+                same = (
+                    strict
+                    and prev is not None
+                    and prev.ctime_ns == st.st_ctime_ns
+                    and prev.inode == st.st_ino
+                    and prev.device == st.st_dev
+                )
+                node = node_from_stat(full, name, st, like=prev if same else None)
             except FileNotFoundError:
                 continue
             except OSError as err:
@@ -212,12 +224,12 @@ class Archiver:
                 continue
             if node is None:
                 continue
-            prev = previous.get(name)
             if node.type == DIR:
-                sub = None
+                sub = sub_id = None
                 if prev is not None and prev.type == DIR and prev.subtree is not None:
-                    sub = self.repo.load_tree(prev.subtree)
-                node.subtree = self._walk(full, sub)
+                    sub_id = prev.subtree
+                    sub = self.repo.load_tree(sub_id)
+                node.subtree = self._walk(full, sub, sub_id)
                 self.stats.dirs += 1
             elif node.type == FILE:
                 self.stats.files += 1
@@ -246,9 +258,15 @@ class Archiver:
             nodes = [n for n in nodes if id(n) not in failed]
         if self._error is not None:
             raise self._error
-        if not self._changed and (
-            len(nodes) != len(previous)
-            or any(n.name not in previous or _comparable(n) != _comparable(previous[n.name]) for n in nodes)
+        if parent is not None and parent_id is not None and nodes == parent.nodes:
+            return parent_id  # nothing changed here, not even an access time: no need to encode
+        if (
+            self.opts.skip_if_unchanged
+            and not self._changed
+            and (
+                len(nodes) != len(previous)
+                or any(n.name not in previous or _comparable(n) != _comparable(previous[n.name]) for n in nodes)
+            )
         ):
             self._changed = True
         return self.repo.save_tree(Tree(nodes))

@@ -42,8 +42,12 @@ def read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def node_from_stat(path: bytes, name: bytes, st: os.stat_result) -> Node | None:
-    """A node with the metadata of ``st`` (content and subtree are filled in by the caller)."""
+def node_from_stat(path: bytes, name: bytes, st: os.stat_result, *, like: Node | None = None) -> Node | None:
+    """A node with the metadata of ``st`` (content and subtree are filled in by the caller).
+
+    ``like``: the same entry in the parent snapshot, known unchanged since (same ctime and
+    inode): its xattrs and symlink target are reused instead of read again.
+    """
     ntype = node_type(st.st_mode)
     if ntype is None:
         return None
@@ -60,10 +64,10 @@ def node_from_stat(path: bytes, name: bytes, st: os.stat_result) -> Node | None:
         device=st.st_dev,
         links=st.st_nlink,
         size=st.st_size if ntype == FILE else 0,
-        xattrs=read_xattrs(path),
+        xattrs=like.xattrs if like is not None and like.type == ntype else read_xattrs(path),
     )
     if ntype == SYMLINK:
-        node.target = os.readlink(path)
+        node.target = like.target if like is not None and like.type == SYMLINK else os.readlink(path)
     elif ntype in (CHARDEV, BLOCKDEV):
         node.rdev = st.st_rdev
     return node

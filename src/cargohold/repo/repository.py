@@ -352,12 +352,7 @@ class Repository:
         for _packs, sup in results.values():
             superseded.update(s.hex() for s in sup)
         index = MasterIndex()
-        for name in sorted(results):
-            if name in superseded:
-                continue
-            for p in results[name][0]:
-                index.add_pack(p)
-        index.table.items()  # compact: merge the pending additions
+        index.load(p for name in sorted(results) if name not in superseded for p in results[name][0])
         with self._lock:
             self.index = index
             self.index_ids = set(results) - superseded
