@@ -441,10 +441,21 @@ class SdkDocker:
 
     # --- archive API ------------------------------------------------------------
     def get_archive(self, name_or_id: str, path: str, *, chunk_size: int = 2 << 20) -> Iterator[bytes]:
-        with self._translate(f"read {path!r} of {name_or_id!r}", ContainerNotFound):
-            stream, _stat = self.api.get_archive(name_or_id, path, chunk_size=chunk_size)
-        with self._translate(f"read {path!r} of {name_or_id!r}", ContainerNotFound):
-            yield from stream
+        # Not docker-py's get_archive: its generator never closes the response, so a reader
+        # that stops early leaves the engine streaming and blocks the next call on the
+        # container (e.g. its removal) until the read times out.
+        what = f"read {path!r} of {name_or_id!r}"
+        with self._translate(what, ContainerNotFound):
+            url = self.api._url("/containers/{0}/archive", name_or_id)
+            res = self.api._get(url, params={"path": path}, stream=True, headers={"Accept-Encoding": "identity"})
+            self.api._raise_for_status(res)
+        try:
+            with self._translate(what, ContainerNotFound):
+                sock = self.api._get_raw_response_socket(res)
+                self.api._disable_socket_timeout(sock)
+                yield from res.iter_content(chunk_size, False)
+        finally:
+            res.close()
 
     def put_archive(self, name_or_id: str, path: str, data: bytes | Iterable[bytes]) -> None:
         with self._translate(f"write {path!r} of {name_or_id!r}", ContainerNotFound):

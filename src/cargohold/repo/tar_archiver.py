@@ -47,6 +47,13 @@ class IterStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Close the source too (an HTTP stream read only in part must be released)."""
+        close = getattr(self._it, "close", None)
+        if callable(close):
+            close()
+        super().close()
+
     def readinto(self, b: Any) -> int:
         while not self._buf:
             try:
@@ -131,7 +138,8 @@ class TarArchiver(Archiver):
         self.opts.progress.start("backup")
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         try:
-            dirs = self._consume(open_stream(chunks), name)
+            with open_stream(chunks) as stream:
+                dirs = self._consume(stream, name)
         finally:
             self._blob_pool.shutdown(wait=True)
         if self._error is not None:

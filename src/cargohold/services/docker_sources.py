@@ -18,6 +18,7 @@ from cargohold.docker.port import DockerPort
 from cargohold.errors import UsageError
 from cargohold.model.engine import ContainerInfo, EngineInfo, MountType, VolumeInfo
 from cargohold.model.inventory import COMPOSE_CONFIG_FILES, COMPOSE_PROJECT, COMPOSE_SERVICE, COMPOSE_WORKDIR
+from cargohold.services.inventory import inspect_containers
 
 #: Bind sources that are plumbing, not state: never backed up through --container/--project.
 _PLUMBING = ("/var/run/docker.sock", "/run/docker.sock", "/etc/localtime", "/etc/timezone", "/etc/hosts")
@@ -81,7 +82,7 @@ def resolve(
     """The sources a backup run covers, each once, in a stable order."""
     if not (volumes or containers or project or all_volumes):
         raise UsageError("say what to back up: VOLUME names, --container, --project or --all")
-    everything = [docker.inspect_container(c.id) for c in docker.list_containers(all=True)]
+    everything = inspect_containers(docker)
     by_name = {c.name: c for c in everything} | {c.id: c for c in everything}
     wanted: dict[tuple[SourceKind, str], VolumeInfo | None] = {}
 

@@ -73,7 +73,11 @@ def _local_path_exists(engine: EngineInfo) -> Callable[[str], bool | None]:
     return lambda path: os.path.lexists(path) if path else None
 
 
-def _inspect_all(docker: DockerPort, containers: list[ContainerInfo]) -> list[ContainerInfo]:
+def inspect_containers(docker: DockerPort, containers: list[ContainerInfo] | None = None) -> list[ContainerInfo]:
+    """Full detail of ``containers`` (default: all), inspected in parallel; ones removed meanwhile are left out."""
+    if containers is None:
+        containers = docker.list_containers(all=True)
+
     def one(c: ContainerInfo) -> ContainerInfo | None:
         try:
             return docker.inspect_container(c.id)
@@ -104,7 +108,7 @@ def mount_report(docker: DockerPort, *, project: str | None = None) -> MountRepo
     containers = docker.list_containers(all=True)
     if project is not None:
         containers = [c for c in containers if c.labels.get(COMPOSE_PROJECT) == project]
-    detailed = _inspect_all(docker, containers)
+    detailed = inspect_containers(docker, containers)
     images = _images(docker, {c.image_id for c in detailed if c.image_id})
     kinds: dict[str, VolumeKind] = {v.name: volume_kind(v) for v in docker.list_volumes()}
     entries = build_mount_inventory(detailed, images, kinds, _local_path_exists(engine))
