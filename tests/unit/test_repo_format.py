@@ -163,18 +163,18 @@ def test_snapshot_round_trip() -> None:
 
 def test_chunker_fixed_is_page_aligned_and_cdc_is_seeded(tmp_path: object) -> None:
     params = ChunkerParams()
-    assert params.choose(8 * 1024 * 1024, None) == "fixed:16384"
+    assert params.choose(8 * 1024 * 1024, None) == "fixed:65536"
     assert params.choose(8 * 1024 * 1024 + 1, None) == CDC
-    assert params.choose(100, "fixed:16384") == "fixed:16384"  # the previous snapshot decides
+    assert params.choose(100, "fixed:65536") == "fixed:65536"  # the previous snapshot decides
     data = random.Random(1).randbytes(3 * 1024 * 1024 + 5000)
     path = os.path.join(str(tmp_path), "f")
     with open(path, "wb") as f:
         f.write(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        fixed = list(Chunker(params, 1).chunks(ExtentReader(fd, None, len(data)), "fixed:16384"))
+        fixed = list(Chunker(params, 1).chunks(ExtentReader(fd, None, len(data)), "fixed:65536"))
         assert b"".join(fixed) == data
-        assert all(len(c) == 16384 for c in fixed[:-1])
+        assert all(len(c) == 65536 for c in fixed[:-1])
         os.lseek(fd, 0, os.SEEK_SET)
         a = list(Chunker(params, 1).chunks(ExtentReader(fd, None, len(data)), CDC))
         b = list(Chunker(params, 2).chunks(ExtentReader(fd, None, len(data)), CDC))

@@ -34,7 +34,7 @@ class ChunkerParams:
     cdc_avg: int = 512 * 1024
     cdc_max: int = 8 * 1024 * 1024
     #: Chunk size for page-structured files.
-    fixed_size: int = 16 * 1024
+    fixed_size: int = 64 * 1024
     #: A file is treated as page-structured when its size is a multiple of this ...
     page_size: int = 8 * 1024
     #: ... and it is at least this large.

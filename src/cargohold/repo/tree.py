@@ -64,7 +64,7 @@ class Node:
     rdev: int | None = None  # character / block devices
     content: list[bytes] = field(default_factory=list)  # file: chunk ids in order
     extents: list[tuple[int, int]] | None = None  # sparse file: data regions (offset, length)
-    chunking: str = ""  # file: how it was chunked ("cdc", "fixed:16384"), informs the next backup
+    chunking: str = ""  # file: how it was chunked ("cdc", "fixed:65536"), informs the next backup
     subtree: bytes | None = None  # dir: tree blob id
 
     def to_json(self) -> dict[str, Any]:
