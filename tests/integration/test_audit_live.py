@@ -112,9 +112,7 @@ def test_live_hazards_are_reported(
                 break
             time.sleep(0.1)
 
-        start = time.perf_counter()
         report = svc.audit_live(docker_port)
-        elapsed = time.perf_counter() - start
         f = report.findings
 
         [pg_f] = _by(f, "stateful-data-anonymous-volume", pg)
@@ -140,7 +138,6 @@ def test_live_hazards_are_reported(
         assert dang.size == 8192 and dang.severity is Severity.HIGH  # API 1.41 prunes named volumes too
 
         assert [x for x in f if x.rule == "backups-unknown"]
-        assert elapsed < 30
     finally:
         api.remove_image(f"{image}:1", force=True)
 

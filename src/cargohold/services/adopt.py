@@ -286,7 +286,7 @@ def _copy(docker: DockerPort, c: ContainerInfo, path: str, volume: str, before: 
             command=["cargohold-adopt-helper"],
             entrypoint=["cargohold-adopt-helper"],
             mounts=[{"Type": "volume", "Source": volume, "Target": f"{HELPER_ROOT}/{base}"}],
-            labels={HELPER_LABEL: c.name, "cargohold.test": c.labels.get("cargohold.test", "0")},
+            labels={HELPER_LABEL: c.name},
             network_mode="none",
         )
         docker.put_archive(helper, HELPER_ROOT, docker.get_archive(c.id, path))
