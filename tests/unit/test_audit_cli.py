@@ -47,7 +47,7 @@ def test_register_adds_audit_and_adopt() -> None:
     assert {"audit", "adopt"} <= names
 
 
-def test_json_shape_and_exit_code(tmp_path: Path, capsys: object) -> None:
+def test_json_shape_and_exit_code(tmp_path: Path) -> None:
     path = _project(tmp_path)
     res = CliRunner().invoke(_app(), ["audit", "-f", str(path), "--json"])
     assert res.exit_code == 1, res.output
@@ -70,7 +70,7 @@ def test_fail_on_levels(tmp_path: Path) -> None:
     assert runner.invoke(_app(), ["audit", "-f", str(path), "--fail-on", "none"]).exit_code == 0
 
 
-def test_sarif(tmp_path: Path, monkeypatch: object) -> None:
+def test_sarif(tmp_path: Path) -> None:
     path = _project(tmp_path)
     res = CliRunner().invoke(_app(), ["audit", "-f", str(path), "--sarif", "--fail-on", "none"])
     assert res.exit_code == 0
@@ -113,7 +113,7 @@ def test_fix_writes_and_keeps_comment(tmp_path: Path) -> None:
     assert "nothing to fix" in again.stdout
 
 
-def test_usage_errors_exit_2(tmp_path: Path, capsys: object) -> None:
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
     path = _project(tmp_path)
     assert main(["audit", "-f", str(path), "--json", "--sarif"]) == 2
     assert main(["audit", "-f", str(path), "--fail-on", "severe"]) == 2

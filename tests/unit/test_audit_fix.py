@@ -114,3 +114,17 @@ def test_sequence_indentation_is_kept(tmp_path: Path, indent: int) -> None:
     (tmp_path / "x").mkdir()
     [patch] = svc.fix_files([path], environ={})
     assert f"\n{pad}    - ./x:/x\n{pad}    - db-data:/var/lib/postgresql/data\n" in patch.after
+
+
+def test_anchored_lists_are_not_changed_for_other_services(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    path = tmp_path / "compose.yaml"
+    path.write_text(
+        "x-vols: &vols\n  - ./a:/a\nservices:\n  db:\n    image: postgres\n    labels: {cargohold.consistency: dump}\n"
+        "    volumes: *vols\n  web:\n    image: nginx\n    volumes: *vols\n"
+    )
+    [patch] = svc.fix_files([path], environ={})
+    svc.write_patches([patch])
+    project = svc.load([path], environ={})
+    assert [v.target for v in project.services["web"].volumes] == ["/a"]
+    assert [v.target for v in project.services["db"].volumes] == ["/a", "/var/lib/postgresql/data"]

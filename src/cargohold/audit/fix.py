@@ -156,8 +156,27 @@ def _drop_tmpfs(svc: CommentedMap, path: str) -> bool:
     return False
 
 
+def _own(svc: CommentedMap, key: str) -> Any:
+    """The service's own copy of ``svc[key]`` when it is an anchored (shared) node.
+
+    Editing an anchored list or mapping would change every service that uses the alias.
+    """
+    value = svc.get(key)
+    anchor = getattr(value, "anchor", None)
+    if anchor is None or anchor.value is None:
+        return value
+    if isinstance(value, CommentedSeq):
+        copy: Any = CommentedSeq(list(value))
+    elif isinstance(value, CommentedMap):
+        copy = CommentedMap(value.items())
+    else:
+        return value
+    svc[key] = copy
+    return copy
+
+
 def _add_volume(doc: _Doc, svc: CommentedMap, service: str, key: str, path: str) -> bool:
-    vols = svc.get("volumes")
+    vols = _own(svc, "volumes")
     dropped = _drop_tmpfs(svc, path)
     if isinstance(vols, CommentedSeq):
         for i, entry in enumerate(vols):
@@ -186,7 +205,7 @@ def _add_volume(doc: _Doc, svc: CommentedMap, service: str, key: str, path: str)
 
 
 def _add_label(doc: _Doc, svc: CommentedMap, service: str, mode: str) -> None:
-    labels = svc.get("labels")
+    labels = _own(svc, "labels")
     if isinstance(labels, CommentedSeq):
         if not any(isinstance(x, str) and x.startswith(LABEL_MODE + "=") for x in labels):
             labels.append(f"{LABEL_MODE}={mode}")

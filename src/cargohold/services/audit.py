@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,6 @@ def _display(file: str | None, cwd: Path) -> str | None:
 
 
 def _relative(findings: list[Finding]) -> list[Finding]:
-    from dataclasses import replace
-
     cwd = Path(os.getcwd())
     return [replace(f, file=_display(f.file, cwd)) for f in findings]
 
