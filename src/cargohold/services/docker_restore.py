@@ -177,8 +177,10 @@ def restore_volume(
     report = VolumeRestoreReport(snapshot, volume.name, created, via)
     participants = [Participant(u.container, Decision(Mode.STOP, None, None, None, "restore")) for u in running]
     quiescer = Quiescer(docker, req.journal, endpoint=endpoint, engine_id=engine.id)
+    # A new volume is empty, unless its options bind it to a device or directory that has data.
+    check_empty = not created or bool({"device", "type"} & set(volume.options))
     with quiescer.hold(participants, purpose=f"restore into volume {volume.name}", mode=Mode.STOP) as window:
-        if not created and not _is_empty(docker, volume, direct):
+        if check_empty and not _is_empty(docker, volume, direct):
             if not req.force:
                 raise DockerConflict(
                     f"volume {volume.name!r} is not empty",
