@@ -54,7 +54,7 @@ def test_image_volume_of_unknown_image_is_generic_anonymous() -> None:
     )
     [f] = [f for f in run(live(app)) if f.rule == "anonymous-volume"]
     assert f.path == "/var/lib/app" and f.service == "app" and f.project == "shop"
-    assert "cargohold adopt app:/var/lib/app --as shop_app-app" in f.fix
+    assert "cargohold adopt app:/var/lib/app --as shop_app-data" in f.fix
 
 
 def test_named_volume_or_bind_or_parent_mount_is_fine() -> None:

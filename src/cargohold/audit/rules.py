@@ -209,7 +209,10 @@ def _who(w: Workload) -> str:
 def volume_key_for(w: Workload, path: str) -> str:
     """A name for a new volume: ``db-data`` for service db's ``/var/lib/postgresql/data``."""
     base = posixpath.basename(posixpath.normpath(path)) or "data"
-    name = f"{w.service or w.name}-{base}".lower()
+    service = w.service or w.name
+    if base.lower() in service.lower() or service.lower() in base.lower():
+        base = "data"  # mysql's /var/lib/mysql → mysql-data, not mysql-mysql
+    name = f"{service}-{base}".lower()
     return re.sub(r"[^a-z0-9_.-]", "-", name).strip("-.") or "data"
 
 

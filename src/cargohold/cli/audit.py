@@ -74,7 +74,7 @@ def _render_table(report: svc.AuditReport, fail_on: Severity | None) -> None:
                 str(i),
                 f.severity.value.upper() if f.severity is Severity.HIGH else f.severity.value,
                 f.rule,
-                f.subject,
+                f.service if f.service and f.project == report.project and not f.container else f.subject,
                 f.path or "-",
                 _where(f),
                 f.message + (f" [{human_bytes(f.size)}]" if f.size and tty else ""),
