@@ -122,9 +122,7 @@ def resolve_endpoint(
     if host:
         return Endpoint(validate_host(host, "--host"), "--host", tls_verify, cert_path)
     if env.get("DOCKER_HOST"):
-        return Endpoint(
-            validate_host(env["DOCKER_HOST"], "DOCKER_HOST"), "DOCKER_HOST", tls_verify, cert_path
-        )
+        return Endpoint(validate_host(env["DOCKER_HOST"], "DOCKER_HOST"), "DOCKER_HOST", tls_verify, cert_path)
     name = context or env.get("DOCKER_CONTEXT") or _current_context_name(env)
     if name != "default":
         return _context_endpoint(name, env)

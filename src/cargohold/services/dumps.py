@@ -109,9 +109,7 @@ def dump_postgres(docker: DockerPort, container: ContainerInfo, spool: Path, env
 
 
 def dump_mysql(docker: DockerPort, container: ContainerInfo, spool: Path, env: dict[str, str]) -> DumpFile:
-    password = (
-        env.get("MARIADB_ROOT_PASSWORD") or env.get("MYSQL_ROOT_PASSWORD") or env.get("MYSQL_PWD") or ""
-    )
+    password = env.get("MARIADB_ROOT_PASSWORD") or env.get("MYSQL_ROOT_PASSWORD") or env.get("MYSQL_PWD") or ""
     script = (
         'tool=$(command -v mariadb-dump || command -v mysqldump) || { echo "no mysqldump" >&2; exit 127; }; '
         'exec "$tool" -uroot --single-transaction --all-databases --routines --events --triggers '
@@ -137,8 +135,7 @@ def _redis_cli(docker: DockerPort, container: ContainerInfo, env: dict[str, str]
     result = docker.exec(container.id, ["redis-cli", *port, *auth, "--raw", *args])
     if result.exit_code != 0:
         raise ConsistencyError(
-            f"redis-cli {' '.join(args)} in {container.name!r} failed: "
-            f"{result.stderr.decode(errors='replace').strip()}"
+            f"redis-cli {' '.join(args)} in {container.name!r} failed: {result.stderr.decode(errors='replace').strip()}"
         )
     return result.stdout.decode(errors="replace")
 
@@ -224,9 +221,7 @@ def dump_sqlite_local(container: str, volume_root: Path, spool: Path) -> list[Du
     return out
 
 
-def dump_sqlite_exec(
-    docker: DockerPort, container: ContainerInfo, mount_path: str, spool: Path
-) -> list[DumpFile]:
+def dump_sqlite_exec(docker: DockerPort, container: ContainerInfo, mount_path: str, spool: Path) -> list[DumpFile]:
     """Online-backup SQLite databases with the ``sqlite3`` tool inside the container."""
     root = shlex.quote(mount_path)
     find = (
