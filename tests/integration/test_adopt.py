@@ -156,3 +156,27 @@ def test_adopt_refuses_named_volume_and_leaves_container_running(
     assert docker_port.inspect_container(name).state == "running"
     res = subprocess.run([*CLI, "adopt", f"{name}:/data", "--as", vol], capture_output=True, text=True, check=False)
     assert res.returncode != 0
+
+
+def test_adopt_compose_container_prints_the_compose_change(
+    docker_port: SdkDocker, resources: Resources, cleanup: Callable[..., None], busybox_image: str
+) -> None:
+    project = f"chtest-adoptc-{uuid.uuid4().hex[:8]}"
+    name = resources.run(
+        busybox_image,
+        name=f"{project}-db-1",
+        command=["sh", "-c", SEED.format(d="/var/lib/db")],
+        mounts=[{"Type": "volume", "Target": "/var/lib/db"}],
+        labels={**LABELS, "com.docker.compose.project": project, "com.docker.compose.service": "db"},
+    )
+    cleanup(container=name)
+    _wait_seeded(docker_port, name, "/var/lib/db")
+    volume = f"{project}_db-data"
+    cleanup(volume=volume)
+    with pytest.raises(CargoholdError, match="--recreate is for plain containers"):
+        adopt_svc.adopt(docker_port, name, "/var/lib/db", volume, recreate=True)
+    result = adopt_svc.adopt(docker_port, name, "/var/lib/db", volume, stop_timeout=1)
+    assert "- db-data:/var/lib/db" in result.instructions and "docker compose up -d db" in result.instructions
+    labels = docker_port.inspect_volume(volume).labels
+    assert labels["com.docker.compose.project"] == project and labels["com.docker.compose.volume"] == "db-data"
+    assert docker_port.inspect_container(name).state == "running"

@@ -42,7 +42,7 @@ from cargohold.errors import (
     VolumeNotFound,
 )
 from cargohold.model.engine import ContainerInfo, MountInfo, MountType
-from cargohold.model.inventory import COMPOSE_PROJECT, COMPOSE_SERVICE, VolumeKind, volume_kind
+from cargohold.model.inventory import COMPOSE_PROJECT, COMPOSE_SERVICE, COMPOSE_VOLUME, VolumeKind, volume_kind
 
 HELPER_ROOT = "/cargohold-adopt"
 ADOPTED_LABEL = "cargohold.adopted-from"
@@ -276,7 +276,12 @@ def adopt(
 
 def _copy(docker: DockerPort, c: ContainerInfo, path: str, volume: str, before: Manifest) -> None:
     base = posixpath.basename(path)
-    docker.create_volume(volume, labels={ADOPTED_LABEL: f"{c.name}:{path}"})
+    labels = {ADOPTED_LABEL: f"{c.name}:{path}"}
+    project = c.labels.get(COMPOSE_PROJECT)
+    if project and volume.startswith(f"{project}_"):
+        # What compose puts on the volumes it creates: `up` then takes this one as its own.
+        labels.update({COMPOSE_PROJECT: project, COMPOSE_VOLUME: volume[len(project) + 1 :]})
+    docker.create_volume(volume, labels=labels)
     helper = None
     ok = False
     try:
