@@ -582,21 +582,32 @@ def table(result: dict[str, Any]) -> str:
 
 
 def scaling_table(results: list[dict[str, Any]]) -> str:
+    """How time (CPU time: the contention of a shared machine distorts wall time) and peak
+    memory grow with the data, relative to the smallest scale."""
     base = results[0]
+    base_bytes = base["corpus"]["generation0"]["bytes"]
     lines = [
-        "| scale | corpus MB | tool | full s | incr s | no-op s | restore s | peak RSS MB | full s vs data |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scale | corpus MB | tool | full wall s | full CPU s | incr CPU s | no-op CPU s | restore CPU s "
+        "| peak RSS MB | full CPU growth | restore CPU growth | RSS growth |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
-        data = res["corpus"]["generation0"]["bytes"] / base["corpus"]["generation0"]["bytes"]
+        data = res["corpus"]["generation0"]["bytes"]
         for n in ("cargohold", "restic"):
-            m = res["tools"][n]
-            growth = m["full_s"] / base["tools"][n]["full_s"]
+            m, b = res["tools"][n], base["tools"][n]
+            cpu, bcpu = m["cpu_s_by_op"], b["cpu_s_by_op"]
             lines.append(
-                f"| {res['scale']} | {res['corpus']['generation0']['bytes'] / 1e6:.0f} | {n} | {m['full_s']:.2f} "
-                f"| {m['incremental_s']:.2f} | {m['noop_s']:.2f} | {m['restore_s']:.2f} "
-                f"| {m['peak_rss_bytes'] / 1e6:.0f} | x{growth:.2f} for x{data:.2f} data |"
+                f"| {res['scale']} | {data / 1e6:.0f} | {n} | {m['full_s']:.2f} | {cpu['full']:.2f} "
+                f"| {cpu['incremental']:.2f} | {cpu['noop']:.2f} | {cpu['restore']:.2f} "
+                f"| {m['peak_rss_bytes'] / 1e6:.0f} | x{cpu['full'] / bcpu['full']:.2f} "
+                f"| x{cpu['restore'] / bcpu['restore']:.2f} | x{m['peak_rss_bytes'] / b['peak_rss_bytes']:.2f} |"
             )
+    lines.append("")
+    lines.append(
+        "data grows "
+        + ", ".join(f"x{r['corpus']['generation0']['bytes'] / base_bytes:.2f} at scale {r['scale']}" for r in results)
+        + f" (relative to scale {base['scale']}); linear growth means the same factor for CPU time."
+    )
     return "\n".join(lines)
 
 
@@ -671,7 +682,15 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--profile", action="store_true", help="profile one more cargohold full backup with py-spy")
     ap.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (default: from PATH)")
+    ap.add_argument("--tables", action="store_true", help="only print the tables of the results already written")
     a = ap.parse_args()
+    if a.tables:
+        for path in sorted(RESULTS.glob("repository-[0-9]*.json")):
+            print(table(json.loads(path.read_text())) + "\n")
+        scaling = RESULTS / "repository-scaling.json"
+        if scaling.exists():
+            print(scaling_table(json.loads(scaling.read_text())["results"]))
+        return 0
     if shutil.which("restic") is None or shutil.which("zstd") is None:
         raise SystemExit("restic and zstd are needed (Debian packages restic, zstd)")
     if a.profile and not a.py_spy:
@@ -696,9 +715,7 @@ def main() -> int:
                 shutil.rmtree(workdir / f"scale-{scale}", ignore_errors=True)
         if a.scaling:
             print(scaling_table(results))
-            (RESULTS / "repository-scaling.json").write_text(
-                json.dumps({"table": scaling_table(results), "scales": [r["scale"] for r in results]}, indent=2) + "\n"
-            )
+            (RESULTS / "repository-scaling.json").write_text(json.dumps({"results": results}, indent=2) + "\n")
     finally:
         if a.keep:
             print(f"work directory kept: {workdir}")
