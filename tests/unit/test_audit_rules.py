@@ -285,3 +285,11 @@ def test_relevant_changes_drop_noise_mounts_and_deletions() -> None:
         FileChange("/etc/app.conf", 0),
     ]
     assert relevant_changes(changes, ["/var/lib/mysql"]) == ["/etc/app.conf", "/srv/up", "/srv/up/f"]
+
+
+def test_service_of_unknown_image_with_a_declared_volume() -> None:
+    svc = Workload(
+        name="app", image="example/app:1", mounts=(), kind="service", service="app", image_volumes=("/var/lib/app",)
+    )
+    [f] = [f for f in run(AuditInput(source="files", workloads=(svc,))) if f.rule == "anonymous-volume"]
+    assert f.path == "/var/lib/app" and "compose gives it an anonymous volume" in f.message

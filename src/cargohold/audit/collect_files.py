@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cargohold.audit.backups import BackupIndex, BackupPolicy
 from cargohold.audit.knowledge import lookup
@@ -43,9 +43,13 @@ def _mount(project: ComposeProject, v: ServiceVolume, path_exists: Callable[[str
 
 
 def workload_of(
-    project: ComposeProject, s: Service, path_exists: Callable[[str], bool | None] = os.path.lexists
+    project: ComposeProject,
+    s: Service,
+    path_exists: Callable[[str], bool | None] = os.path.lexists,
+    image_volumes: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Workload:
     return Workload(
+        image_volumes=(image_volumes or {}).get(s.image or "", ()),
         name=s.name,
         kind="service",
         image=s.image,
@@ -67,9 +71,14 @@ def audit_input(
     backups: BackupIndex | None = None,
     policy: BackupPolicy | None = None,
     path_exists: Callable[[str], bool | None] = os.path.lexists,
+    image_volumes: Mapping[str, tuple[str, ...]] | None = None,
 ) -> AuditInput:
-    """The audit input of a loaded compose project."""
-    workloads = tuple(workload_of(project, s, path_exists) for s in project.services.values())
+    """The audit input of a loaded compose project.
+
+    ``image_volumes`` (image reference → its VOLUME paths, when the engine has the image)
+    lets the rules see the anonymous volumes compose will create for unknown images too.
+    """
+    workloads = tuple(workload_of(project, s, path_exists, image_volumes) for s in project.services.values())
     users: dict[str, list[str]] = {}
     db_users: dict[str, list[str]] = {}
     for s in project.services.values():

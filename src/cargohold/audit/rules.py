@@ -259,6 +259,13 @@ def check_workload_storage(inp: AuditInput) -> Iterator[Finding]:
                 where.update(file=mount.file, line=mount.line)
             if mount is None:
                 if entry is None:
+                    if w.kind == "service":  # an image VOLUME compose will back with an anonymous volume
+                        yield _finding(
+                            "anonymous-volume", w,
+                            f"{_who(w)}: {what}, which is on no named volume or bind mount: compose gives it "
+                            "an anonymous volume that `down -v` deletes",
+                            _move_fix(w, path, from_anonymous=True), path=path,
+                        )  # fmt: skip
                     continue
                 if w.kind == "service" and w.image and path in image_paths(entry, w.image)[1]:
                     yield _finding(

@@ -24,6 +24,7 @@ from cargohold.audit.fix import FilePatch, plan_fixes
 from cargohold.compose.loader import load_project
 from cargohold.compose.model import ComposeProject
 from cargohold.docker.port import DockerPort
+from cargohold.errors import DockerNotFound
 from cargohold.model.engine import EngineInfo
 
 SCHEMA_VERSION = 1
@@ -96,6 +97,17 @@ def load(
     )
 
 
+def _image_volumes(docker: DockerPort, images: set[str]) -> dict[str, tuple[str, ...]]:
+    """VOLUME paths of the images the engine has (others are simply not known)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for ref in sorted(images):
+        try:
+            out[ref] = docker.inspect_image(ref).volumes
+        except DockerNotFound:
+            continue
+    return out
+
+
 def audit_project(
     project: ComposeProject,
     *,
@@ -107,12 +119,16 @@ def audit_project(
     live_workloads = None
     engine = None
     engine_volumes = None
+    image_volumes: dict[str, tuple[str, ...]] = {}
     if docker is not None:
         state = collect_live.collect(docker, writable_layer=False)
         engine = state.engine
         live_workloads = [w for w in state.workloads if w.project == project.name]
         engine_volumes = frozenset(v.name for v in state.volumes)
-    inp = collect_files.audit_input(project, engine_volumes=engine_volumes, backups=backups, policy=policy)
+        image_volumes = _image_volumes(docker, {s.image for s in project.services.values() if s.image})
+    inp = collect_files.audit_input(
+        project, engine_volumes=engine_volumes, backups=backups, policy=policy, image_volumes=image_volumes
+    )
     findings = rules.run(inp, live=live_workloads)
     warnings = tuple(f"variable {name} is not set, using an empty string" for name in project.missing_variables)
     return AuditReport(
