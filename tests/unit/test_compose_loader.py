@@ -40,6 +40,19 @@ def test_default_files_and_override_discovery(tmp_path: Path, monkeypatch: pytes
     assert project.services["a"].image == "httpd"
 
 
+def test_compose_file_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "base.yml", "services:\n  a:\n    image: nginx\n")
+    write(tmp_path, "prod.yml", "services:\n  a:\n    image: httpd\n")
+    write(tmp_path, "compose.yaml", "services:\n  a:\n    image: ignored\n")
+    monkeypatch.chdir(tmp_path)
+    project = load_project(environ={"COMPOSE_FILE": "base.yml:prod.yml"})
+    assert [p.name for p in project.files] == ["base.yml", "prod.yml"]
+    assert project.services["a"].image == "httpd"
+    assert load_project(environ={"COMPOSE_FILE": "base.yml;prod.yml", "COMPOSE_PATH_SEPARATOR": ";"}).files[1].name == (
+        "prod.yml"
+    )
+
+
 def test_no_compose_file(tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match="no compose file found"):
         load_project(project_directory=tmp_path, environ={})
@@ -183,3 +196,9 @@ def test_input_errors_name_the_line(tmp_path: Path, text: str, line: int, messag
 def test_unknown_file(tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match="no such file"):
         load_project([tmp_path / "nope.yaml"], environ={})
+
+
+def test_include_is_reported_not_followed(tmp_path: Path) -> None:
+    f = write(tmp_path, "compose.yaml", "include:\n  - other.yaml\nservices:\n  a:\n    image: nginx\n")
+    notes = load_project([f], environ={}).notes
+    assert len(notes) == 1 and "include: is not followed" in notes[0] and f"{f}:1" in notes[0]

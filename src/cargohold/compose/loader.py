@@ -1,6 +1,6 @@
 """Load a compose project the way ``docker compose`` does, for the audit.
 
-* files: ``-f`` in order, else ``compose.yaml`` (or ``compose.yml``, ``docker-compose.yaml``,
+* files: ``-f`` in order, else ``COMPOSE_FILE``, else ``compose.yaml`` (or ``compose.yml``, ``docker-compose.yaml``,
   ``docker-compose.yml``) in the directory plus its ``*.override.*`` file when present;
 * project directory: the first file's directory; ``.env`` there (or ``--env-file``) gives
   variables, the process environment wins over it;
@@ -498,7 +498,14 @@ def load_project(
 ) -> ComposeProject:
     """Load, interpolate and merge compose files into one project."""
     base_env = dict(os.environ if environ is None else environ)
-    paths = [Path(f) for f in files] if files else default_files(Path(project_directory or "."))
+    compose_file = base_env.get("COMPOSE_FILE", "")
+    if files:
+        paths = [Path(f) for f in files]
+    elif compose_file:  # like compose: COMPOSE_FILE=a.yaml:b.yaml when no -f is given
+        sep = base_env.get("COMPOSE_PATH_SEPARATOR") or ":"
+        paths = [Path(project_directory or ".") / f for f in compose_file.split(sep) if f]
+    else:
+        paths = default_files(Path(project_directory or "."))
     directory = Path(project_directory).absolute() if project_directory else paths[0].absolute().parent
     dotenv: dict[str, str] = {}
     if env_files:
@@ -546,7 +553,12 @@ def load_project(
         loc = raw_services.loc_of(svc_name)
         data = extender.resolve(raw_services, svc_name, Path(loc.file).parent)
         services[str(svc_name)] = _service(str(svc_name), data, loc, directory, raw_top)
+    notes = []
+    if merged.get("include"):
+        loc = merged.loc_of("include")
+        notes.append(f"{loc}: include: is not followed; audit the included files with more -f options")
     return ComposeProject(
+        notes=tuple(notes),
         name=normalized,
         directory=directory,
         files=tuple(paths),

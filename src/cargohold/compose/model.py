@@ -82,6 +82,8 @@ class ComposeProject:
     version_locs: tuple[Loc, ...] = ()
     #: Variables referenced but unset (compose warns and uses "").
     missing_variables: tuple[str, ...] = ()
+    #: What the loader read but does not follow (``include:``), as sentences for the user.
+    notes: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
 
     def volume_name(self, key: str) -> str:

@@ -130,7 +130,10 @@ def audit_project(
         project, engine_volumes=engine_volumes, backups=backups, policy=policy, image_volumes=image_volumes
     )
     findings = rules.run(inp, live=live_workloads)
-    warnings = tuple(f"variable {name} is not set, using an empty string" for name in project.missing_variables)
+    warnings = (
+        *(f"variable {name} is not set, using an empty string" for name in project.missing_variables),
+        *project.notes,
+    )
     return AuditReport(
         source="files+live" if docker is not None else "files",
         findings=_relative(findings),
