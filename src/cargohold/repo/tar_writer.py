@@ -71,7 +71,7 @@ def _encode(info: tarfile.TarInfo) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-class _Content:
+class Content:
     """The decoded chunks of files, fetched ``LOOKAHEAD`` blobs ahead by a thread pool."""
 
     def __init__(self, repo: Repository, pool: ThreadPoolExecutor) -> None:
@@ -93,7 +93,7 @@ class _Content:
             yield data
 
 
-def _file_body(node: Node, content: _Content) -> Iterator[bytes]:
+def file_body(node: Node, content: Content) -> Iterator[bytes]:
     """The file's bytes in order: data regions from the chunks, zeros for holes."""
     if node.extents is None:
         yield from content.chunks(node.content)
@@ -144,7 +144,7 @@ def snapshot_tar(
     if wanted:
         _check_include(repo, snapshot, wanted, include or "")
     with ThreadPoolExecutor(workers, thread_name_prefix="ch-tar") as pool:
-        content = _Content(repo, pool)
+        content = Content(repo, pool)
         if snapshot.root is not None and not wanted:
             root = Node(**{**snapshot.root.__dict__, "name": b""})
             yield _encode(_header(root, prefix))
@@ -165,7 +165,7 @@ def _walk(
     repo: Repository,
     tree_id: bytes,
     path: str,
-    content: _Content,
+    content: Content,
     links: dict[tuple[int, int], str],
     stats: TarStats,
     wanted: tuple[bytes, ...] = (),
@@ -192,7 +192,7 @@ def _walk(
         if node.type == FILE:
             stats.files += 1
             written = 0
-            for data in _file_body(node, content):
+            for data in file_body(node, content):
                 written += len(data)
                 yield data
             if written != node.size:
