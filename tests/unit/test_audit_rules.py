@@ -122,8 +122,8 @@ def test_docker_socket() -> None:
 
 def test_dangling_volumes_depend_on_engine_version() -> None:
     vols = (
-        VolumeFact("named-data", anonymous=False, size=4096),
-        VolumeFact(ANON, anonymous=True, size=10),
+        VolumeFact("named-data", anonymous=False, size=4096, dangling_with_data=True),
+        VolumeFact(ANON, anonymous=True, size=10, dangling_with_data=True),
         VolumeFact("empty", anonymous=False, size=0),
         VolumeFact("used", anonymous=False, size=99, users=("c",)),
     )

@@ -28,6 +28,7 @@ from cargohold.model.inventory import (
     COMPOSE_PROJECT,
     COMPOSE_SERVICE,
     COMPOSE_WORKDIR,
+    Flag,
     VolumeKind,
     build_volume_inventory,
     volume_kind,
@@ -313,6 +314,7 @@ def collect(docker: DockerPort, *, writable_layer: bool = True) -> LiveState:
                 users=users,
                 database_users=db_users,
                 compose_key=v.compose_volume,
+                dangling_with_data=Flag.DANGLING_WITH_DATA in v.flags,
             )
         )
     workloads.sort(key=lambda w: w.name)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cargohold.audit.backups import BackupIndex, BackupPolicy
+from cargohold.model.engine import MountInfo, MountType
+from cargohold.model.inventory import VolumeKind, declared_coverage
 
 
 class StoreKind(StrEnum):
@@ -88,17 +90,32 @@ class Workload:
         return self.name if self.kind == "container" else None
 
     def store_of(self, path: str) -> tuple[Mount | None, bool]:
-        """The mount that holds ``path`` (exact, else the deepest parent) and whether it is a parent."""
-        path = posixpath.normpath(path)
-        by_target = {posixpath.normpath(m.target): m for m in self.mounts}
-        if path in by_target:
-            return by_target[path], False
-        probe = path
-        while probe not in ("/", ""):
-            probe = posixpath.dirname(probe)
-            if probe in by_target:
-                return by_target[probe], True
-        return None, False
+        """The mount that holds ``path`` (exact, else the deepest parent) and whether it is a parent.
+
+        The rule is the inventory's (:func:`cargohold.model.inventory.declared_coverage`),
+        applied to these mounts.
+        """
+        infos: list[MountInfo] = []
+        kinds: dict[str, VolumeKind] = {}
+        for i, m in enumerate(self.mounts):
+            if m.kind in (StoreKind.NAMED_VOLUME, StoreKind.ANONYMOUS_VOLUME):
+                name = m.source or f"<anonymous {i}>"
+                anonymous = m.kind is StoreKind.ANONYMOUS_VOLUME
+                kinds[name] = VolumeKind.ANONYMOUS if anonymous else VolumeKind.NAMED
+                infos.append(MountInfo(MountType.VOLUME, m.target, name=name))
+            else:
+                infos.append(MountInfo(_MOUNT_TYPES[m.kind], m.target, source=m.source))
+        [cov] = declared_coverage([path], infos, kinds)
+        holder = cov.via_parent or cov.path
+        mount = next((m for m in self.mounts if posixpath.normpath(m.target) == holder), None)
+        return mount, mount is not None and cov.via_parent is not None
+
+
+_MOUNT_TYPES = {
+    StoreKind.BIND: MountType.BIND,
+    StoreKind.TMPFS: MountType.TMPFS,
+    StoreKind.OTHER: MountType.OTHER,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +133,8 @@ class VolumeFact:
     external: bool = False
     file: str | None = None
     line: int | None = None
+    #: The inventory's flag: used by no container and holding bytes (live only).
+    dangling_with_data: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -505,7 +505,7 @@ def check_dangling(inp: AuditInput) -> Iterator[Finding]:
         return
     named_pruned = _engine_prunes_named(inp.engine_api)
     for v in inp.volumes:
-        if v.users or not v.size:
+        if not v.dangling_with_data:
             continue
         sev = H if (v.anonymous or named_pruned) else M
         kind = "anonymous" if v.anonymous else "named"
