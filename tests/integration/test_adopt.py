@@ -180,3 +180,30 @@ def test_adopt_compose_container_prints_the_compose_change(
     labels = docker_port.inspect_volume(volume).labels
     assert labels["com.docker.compose.project"] == project and labels["com.docker.compose.volume"] == "db-data"
     assert docker_port.inspect_container(name).state == "running"
+
+
+def test_adopt_rm_container_is_paused_not_stopped(
+    docker_port: SdkDocker, cleanup: Callable[..., None], busybox_image: str
+) -> None:
+    """Stopping a --rm container would delete it and its anonymous volume before the copy."""
+    import docker as docker_sdk
+
+    api = docker_port.api
+    name = f"chtest-adopt-rm-{uuid.uuid4().hex[:8]}"
+    host = api.create_host_config(
+        auto_remove=True, network_mode="none", mounts=[docker_sdk.types.Mount("/data", None, type="volume")]
+    )
+    api.create_container(
+        busybox_image, name=name, command=["sh", "-c", SEED.format(d="/data")], host_config=host, labels=LABELS
+    )
+    cleanup(container=name)
+    api.start(name)
+    _wait_seeded(docker_port, name, "/data")
+    before = adopt_svc.manifest(docker_port, name, "/data")
+    volume = f"chtest-adopted-{uuid.uuid4().hex[:8]}"
+    cleanup(volume=volume)
+    with pytest.raises(CargoholdError, match="--rm"):
+        adopt_svc.adopt(docker_port, name, "/data", volume, recreate=True)
+    adopt_svc.adopt(docker_port, name, "/data", volume)
+    assert docker_port.inspect_container(name).state == "running"
+    assert _volume_manifest(docker_port, busybox_image, volume, "/data") == before

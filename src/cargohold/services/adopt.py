@@ -4,7 +4,8 @@ The data at PATH (an anonymous volume, or the container's writable layer) is cop
 with the archive API into a new named volume, owners, modes and links included:
 
 1. check what holds PATH (refuse named volumes, binds and tmpfs) and that VOLUME is new;
-2. stop the container if it runs (it is started again in any case, see below);
+2. stop the container if it runs (it is started again in any case, see below); one
+   started with ``--rm`` is paused instead, since stopping would delete it;
 3. read a manifest of PATH (every entry: type, size, mode, owner, link, SHA-256);
 4. create VOLUME and a never-started helper container (same image) that mounts it at
    ``/cargohold-adopt/<name of PATH>``, and stream ``get_archive`` → ``put_archive``;
@@ -236,21 +237,44 @@ def adopt(
         raise DockerConflict(f"volume {volume} exists already", hint="choose a new name with --as")
 
     was_running = c.state in ("running", "restarting", "paused")
+    # A container started with --rm is deleted (anonymous volumes too) when it stops:
+    # freeze it instead, which keeps its files just as still for the copy.
+    freeze = was_running and _auto_remove(docker, c.id)
+    if freeze and recreate:
+        raise UsageError(
+            f"{c.name} was started with --rm: stopping it would delete it, so it cannot be recreated here",
+            hint="adopt without --recreate, then start a new container with the printed --mount",
+        )
     replaced_by: str | None = None
     old_name: str | None = None
     if was_running:
-        if c.state == "paused":
-            docker.unpause(c.id)
-        docker.stop(c.id, timeout=stop_timeout)
+        if freeze:
+            if c.state != "paused":
+                docker.pause(c.id)
+        else:
+            if c.state == "paused":
+                docker.unpause(c.id)
+            docker.stop(c.id, timeout=stop_timeout)
     try:
         before = manifest(docker, c.id, path)
         _copy(docker, c, path, volume, before)
         if recreate:
             old_name, replaced_by = _recreate(docker, c, path, volume, start=was_running)
-    finally:
+    except BaseException as exc:
         if was_running and replaced_by is None:
-            with contextlib.suppress(CargoholdError):
-                docker.start(c.id)
+            problem = _resume(docker, c, freeze)
+            if problem:
+                raise ConsistencyError(
+                    f"{exc}; and {c.name} could not be started again: {problem}", hint=f"docker start {c.name}"
+                ) from exc
+        raise
+    if was_running and replaced_by is None:
+        problem = _resume(docker, c, freeze)
+        if problem:
+            raise ConsistencyError(
+                f"the data was copied and verified into {volume}, but {c.name} could not be started again: {problem}",
+                hint=f"docker start {c.name}",
+            )
     files = sum(1 for e in before.values() if e.type == "file")
     size = sum(e.size for e in before.values())
     instructions = (
@@ -272,6 +296,28 @@ def adopt(
         recreated=replaced_by is not None,
         old_container=old_name,
     )
+
+
+def _resume(docker: DockerPort, c: ContainerInfo, frozen: bool) -> str | None:
+    """Bring the container back (start, or unpause when frozen); the error text if that fails."""
+    try:
+        if frozen:
+            if c.state != "paused":
+                docker.unpause(c.id)
+        else:
+            docker.start(c.id)
+    except CargoholdError as err:
+        return str(err)
+    return None
+
+
+def _auto_remove(docker: DockerPort, cid: str) -> bool:
+    """Whether the container was started with ``--rm`` (HostConfig.AutoRemove)."""
+    try:
+        spec = _RawEngine.of(docker).inspect(cid)
+    except CargoholdError:
+        return False
+    return bool((spec.get("HostConfig") or {}).get("AutoRemove"))
 
 
 def _copy(docker: DockerPort, c: ContainerInfo, path: str, volume: str, before: Manifest) -> None:
