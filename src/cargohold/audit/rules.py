@@ -224,10 +224,9 @@ def _move_fix(w: Workload, path: str, *, from_anonymous: bool) -> str:
         return f"mount a named volume there (`cargohold audit -f FILE --fix` writes this):\n{snippet}"
     if w.project and w.service:
         return (
-            f"copy the data into a named volume, then declare it:\n"
+            f"copy the data into the volume compose will use, then declare it and recreate:\n"
             f"  cargohold adopt {w.name}:{path} --as {w.project}_{key}\n{snippet}\n"
-            "(declare the volume with `external: true` or keep the compose name "
-            f"{w.project}_{key} so `docker compose up -d` picks it up)"
+            f"  docker compose up -d {w.service}"
         )
     what = "anonymous volume" if from_anonymous else "writable layer"
     return (
