@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from cargohold import __version__
 from cargohold.errors import UsageError
-from cargohold.repo.chunker import Chunker, ExtentReader, data_extents
+from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType
 from cargohold.repo.fsnode import node_from_stat
@@ -51,6 +51,8 @@ class BackupOptions:
     workers: int = 2
     max_inflight: int = 16 * 1024 * 1024
     progress: Progress = field(default_factory=NullProgress)
+    #: Extra trees stored with the snapshot (see :attr:`Snapshot.extra_trees`).
+    extra_trees: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +63,10 @@ class BackupResult:
     parent: str | None
     skipped: bool = False
     warnings: list[str] = field(default_factory=list)
+
+
+#: Chunks are handed from the file readers to the blob workers in batches of about this size.
+_BATCH = 1024 * 1024
 
 
 class _Budget:
@@ -151,9 +157,23 @@ class Archiver:
             raise self._error
         root_node = node_from_stat(root, b"", st)
         assert root_node is not None
+        return self._commit(root_node, tree_id, source, [os.fsdecode(root)], started, (bytes0, raw0, blobs0))
+
+    def _commit(
+        self,
+        root_node: Node,
+        tree_id: bytes,
+        source: Source,
+        paths: list[str],
+        started: float,
+        counters: tuple[int, int, int],
+    ) -> BackupResult:
+        """Flush the packs, then write the snapshot (the commit point) unless nothing changed."""
+        parent = self.opts.parent
         root_node.subtree = tree_id
         self.repo.flush()
         self.opts.progress.finish()
+        bytes0, raw0, blobs0 = counters
         stats = self.stats
         stats.added_bytes = self.repo.added_bytes - bytes0
         stats.added_raw_bytes = self.repo.added_raw_bytes - raw0
@@ -163,6 +183,7 @@ class Archiver:
             self.opts.skip_if_unchanged
             and parent is not None
             and not self._changed
+            and not self.opts.extra_trees
             and parent.root is not None
             and _comparable(parent.root) == _comparable(root_node)
         ):
@@ -174,11 +195,12 @@ class Archiver:
             hostname=socket.gethostname(),
             username=_username(),
             tags=sorted(set(self.opts.tags)),
-            paths=[os.fsdecode(root)],
+            paths=paths,
             parent=parent.id if parent is not None else None,
             program_version=__version__,
             stats=stats,
             root=root_node,
+            extra_trees=dict(self.opts.extra_trees),
         )
         self.repo.save_snapshot(snap)
         return BackupResult(snap, tree_id, stats, snap.parent, warnings=self.warnings)
@@ -307,27 +329,11 @@ class Archiver:
             extents = data_extents(fd, size) if st.st_blocks * 512 < size else None
             method = self.repo.config.chunker.choose(size, prev.chunking if prev is not None else None)
             reader = ExtentReader(fd, extents, size)
-            content: list[bytes] = []
-            comp = _Compressibility()
-            total = 0
-            repo = self.repo
             data_size = size if extents is None else sum(n for _, n in extents)
-            for data in self._chunker().chunks(reader, method, data_size):
-                if self._error is not None:
-                    return False
-                bid = repo.blob_id(data)
-                content.append(bid)
-                total += len(data)
-                if repo.reserve(bid):
-                    self._budget.acquire(len(data))
-                    assert self._blob_pool is not None
-                    try:
-                        self._blob_pool.submit(self._store, bid, data, comp)
-                    except BaseException:
-                        self._budget.release(len(data))
-                        repo.release(bid)
-                        raise
-                self.opts.progress.advance(len(data))
+            stored = self._store_content(reader, method, data_size)
+            if stored is None:
+                return False
+            content, total = stored
             if extents is None:
                 if total != size:
                     self._warn(f"{os.fsdecode(path)}: changed size while reading")
@@ -349,20 +355,70 @@ class Archiver:
         finally:
             os.close(fd)
 
-    def _store(self, bid: bytes, data: bytes, comp: _Compressibility) -> None:
-        try:
+    def _store_content(self, reader: ChunkSource, method: str, data_size: int) -> tuple[list[bytes], int] | None:
+        """Cut ``reader`` into chunks, hash them and hand the new ones to the blob workers.
+
+        Returns the chunk ids and the bytes read, or None when the backup is failing.
+        """
+        content: list[bytes] = []
+        comp = _Compressibility()
+        total = 0
+        repo = self.repo
+        batch: list[tuple[bytes, bytes]] = []
+        batch_bytes = 0
+        for data in self._chunker().chunks(reader, method, data_size):
             if self._error is not None:
-                self.repo.release(bid)
-                return
-            stored = self.repo.encode(BlobType.DATA, bid, data, compress=comp.compress)
-            comp.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
-            self.repo.add_encoded(BlobType.DATA, bid, stored, len(data))
-        except BaseException as err:
+                self._release_batch(batch)
+                return None
+            bid = repo.blob_id(data)
+            content.append(bid)
+            total += len(data)
+            if repo.reserve(bid):
+                batch.append((bid, data))
+                batch_bytes += len(data)
+                if batch_bytes >= _BATCH:
+                    self._submit(batch, batch_bytes, comp)
+                    batch, batch_bytes = [], 0
+            self.opts.progress.advance(len(data))
+        if batch:
+            self._submit(batch, batch_bytes, comp)
+        return content, total
+
+    def _submit(self, batch: list[tuple[bytes, bytes]], nbytes: int, comp: _Compressibility) -> None:
+        """Hand new chunks to a blob worker, in batches: one task, one budget and lock round
+        per ~1 MiB instead of per chunk keeps the threads from fighting over the GIL."""
+        self._budget.acquire(nbytes)
+        assert self._blob_pool is not None
+        try:
+            self._blob_pool.submit(self._store, batch, nbytes, comp)
+        except BaseException:
+            self._budget.release(nbytes)
+            self._release_batch(batch)
+            raise
+
+    def _release_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        for bid, _ in batch:
             self.repo.release(bid)
+
+    def _store(self, batch: list[tuple[bytes, bytes]], nbytes: int, comp: _Compressibility) -> None:
+        done = 0
+        try:
+            encoded = []
+            for bid, data in batch:
+                if self._error is not None:
+                    break
+                stored = self.repo.encode(BlobType.DATA, bid, data, compress=comp.compress)
+                comp.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
+                encoded.append((bid, stored, len(data)))
+            self.repo.add_encoded_many(BlobType.DATA, encoded)
+            done = len(encoded)
+        except BaseException as err:
             if self._error is None:
                 self._error = err
         finally:
-            self._budget.release(len(data))
+            if done < len(batch):
+                self._release_batch(batch[done:])
+            self._budget.release(nbytes)
 
 
 def _comparable(node: Node) -> dict[str, object]:

@@ -184,8 +184,10 @@ class Checker:
         reported_trees: set[bytes] = set()
         for snap in snaps:
             bad_paths: list[str] = []
-            for path, why in self._walk(snap.tree, "", seen_trees, reported_trees):
-                bad_paths.append(f"{path} ({why})" if why else path)
+            roots = [("", snap.tree), *((f"[{role}]/", tid) for role, tid in sorted(snap.extra_trees.items()))]
+            for prefix, tid in roots:
+                for path, why in self._walk(tid, prefix, seen_trees, reported_trees):
+                    bad_paths.append(f"{path} ({why})" if why else path)
             if bad_paths:
                 self.report.affected[snap.id] = bad_paths
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pyfastcdc import FastCDC
 
@@ -113,6 +113,14 @@ class ExtentReader:
         return bytes(buf[:got])
 
 
+class ChunkSource(Protocol):
+    """What the chunker reads: a file's data regions, a tar member, any binary stream."""
+
+    def readinto(self, buf: memoryview) -> int: ...
+
+    def read(self, n: int) -> bytes: ...
+
+
 class Chunker:
     """Cuts a reader into chunks; one instance per thread (FastCDC objects are not shareable)."""
 
@@ -120,7 +128,7 @@ class Chunker:
         self.params = params
         self._cdc = FastCDC(params.cdc_avg, min_size=params.cdc_min, max_size=params.cdc_max, seed=seed)
 
-    def chunks(self, reader: ExtentReader, method: str, size: int | None = None) -> Iterator[bytes]:
+    def chunks(self, reader: ChunkSource, method: str, size: int | None = None) -> Iterator[bytes]:
         """Chunks of the reader's data; ``size`` (expected data length) lets small files skip
         the stream chunker, whose per-call buffer set-up costs more than chunking them."""
         if method.startswith(FIXED_PREFIX):
@@ -139,7 +147,7 @@ class Chunker:
             yield bytes(ch.data)
 
     @staticmethod
-    def _fixed(reader: ExtentReader, size: int) -> Iterator[bytes]:
+    def _fixed(reader: ChunkSource, size: int) -> Iterator[bytes]:
         block = max(size, (1024 * 1024 // size) * size)
         buf = bytearray(block)
         mv = memoryview(buf)
@@ -164,7 +172,7 @@ class Chunker:
             carry = rest
 
 
-def _read_upto(reader: ExtentReader, size: int) -> bytes | bytearray:
+def _read_upto(reader: ChunkSource, size: int) -> bytes | bytearray:
     """Read ``size`` bytes (fewer if the file shrank); a file that grew is read to its end."""
     buf = bytearray(size)
     mv = memoryview(buf)

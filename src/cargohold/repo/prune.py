@@ -69,7 +69,7 @@ class PruneReport:
 def used_blobs(repo: Repository, snaps: Iterable[Snapshot]) -> set[bytes]:
     """Every tree and data blob the snapshots reach; raises IntegrityError on a bad tree."""
     used: set[bytes] = set()
-    stack = [s.tree for s in snaps]
+    stack = [t for s in snaps for t in s.all_trees()]
     while stack:
         tid = stack.pop()
         if tid in used:

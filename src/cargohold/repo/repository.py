@@ -226,6 +226,28 @@ class Repository:
         if full is not None:
             self._write_pack(full)
 
+    def add_encoded_many(self, btype: BlobType, blobs: list[tuple[bytes, bytes, int]]) -> None:
+        """:meth:`add_encoded` for ``(id, stored, raw length)`` items, taking the lock once
+        per pack instead of once per blob."""
+        i = 0
+        while i < len(blobs):
+            full: PackBuilder | None = None
+            with self._lock:
+                b = self._builders[btype]
+                while i < len(blobs):
+                    bid, stored, raw_length = blobs[i]
+                    i += 1
+                    b.add(bid, stored, raw_length)
+                    self.added_bytes += len(stored)
+                    self.added_raw_bytes += raw_length
+                    self.added_blobs += 1
+                    if b.size >= self.config.pack_size:
+                        full = b
+                        self._builders[btype] = PackBuilder(btype)
+                        break
+            if full is not None:
+                self._write_pack(full)
+
     def save_blob(self, btype: BlobType, data: bytes) -> bytes:
         """Store a blob (if new) and return its id."""
         bid = self.blob_id(data)

@@ -70,7 +70,15 @@ class Snapshot:
     stats: SnapshotStats = field(default_factory=SnapshotStats)
     #: Metadata of the backed-up directory itself (its ``subtree`` is ``tree``).
     root: Node | None = None
+    #: More trees that belong to the snapshot beside the backed-up files, by role — e.g.
+    #: ``"dumps"``: application dumps taken with a volume (restore ignores them; check and
+    #: prune treat them like ``tree``).
+    extra_trees: dict[str, bytes] = field(default_factory=dict)
     id: str = ""  # set when loaded or saved: sha256 hex of the stored object
+
+    def all_trees(self) -> list[bytes]:
+        """The root tree and every extra tree: what the snapshot keeps alive."""
+        return [self.tree, *self.extra_trees.values()]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +94,7 @@ class Snapshot:
             "program_version": self.program_version,
             "stats": self.stats.to_json(),
             "root": self.root.to_json() if self.root is not None else None,
+            "extra_trees": {k: v.hex() for k, v in sorted(self.extra_trees.items())},
         }
 
     def encode(self) -> bytes:
@@ -111,6 +120,7 @@ class Snapshot:
                 program_version=str(d.get("program_version", "")),
                 stats=SnapshotStats.from_json(d.get("stats", {})),
                 root=Node.from_json(d["root"]) if d.get("root") else None,
+                extra_trees={str(k): bytes.fromhex(v) for k, v in (d.get("extra_trees") or {}).items()},
                 id=snap_id,
             )
         except (ValueError, KeyError, TypeError) as err:

@@ -17,21 +17,18 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-import socket
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, Any, cast
 
-from cargohold import __version__
 from cargohold.errors import UsageError
-from cargohold.repo.archiver import Archiver, BackupResult, _comparable, _Compressibility, _username
-from cargohold.repo.chunker import ExtentReader
-from cargohold.repo.snapshot import Snapshot, Source
+from cargohold.repo.archiver import Archiver, BackupResult, _comparable
+from cargohold.repo.chunker import ChunkSource
+from cargohold.repo.snapshot import Source
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Tree
 
 _XATTR = "SCHILY.xattr."
@@ -130,12 +127,25 @@ class TarArchiver(Archiver):
     """Back up a tar stream; use :meth:`run_tar` instead of :meth:`Archiver.run`."""
 
     def run_tar(self, chunks: Iterable[bytes], *, name: str) -> BackupResult:
-        """Store the tree the tar describes; ``name`` is the source name for messages."""
+        """Store the tree the tar describes and commit a snapshot; ``name`` is for messages."""
         started = time.monotonic()
         source = self.opts.source or Source("tar", name)
-        parent = self.opts.parent
-        bytes0, raw0, blobs0 = self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs
+        counters = (self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs)
         self.opts.progress.start("backup")
+        root_node, tree_id = self._build(chunks, name)
+        return self._commit(root_node, tree_id, source, [name], started, counters)
+
+    def build_tree(self, chunks: Iterable[bytes], *, name: str) -> bytes:
+        """Store the tree the tar describes (and its contents) without a snapshot; return its id.
+
+        For trees that go into another snapshot (:attr:`Snapshot.extra_trees`). Until a
+        snapshot refers to it, it is garbage for ``prune``, like any unfinished backup.
+        """
+        _root, tree_id = self._build(chunks, name)
+        return tree_id
+
+    def _build(self, chunks: Iterable[bytes], name: str) -> tuple[Node, bytes]:
+        parent = self.opts.parent
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         try:
             with open_stream(chunks) as stream:
@@ -146,38 +156,7 @@ class TarArchiver(Archiver):
             raise self._error
         parent_tree = self.repo.load_tree(parent.tree) if parent is not None else None
         tree_id = self._save(dirs, "", parent_tree)
-        root_node = dirs[""].node
-        root_node.subtree = tree_id
-        self.repo.flush()
-        self.opts.progress.finish()
-        stats = self.stats
-        stats.added_bytes = self.repo.added_bytes - bytes0
-        stats.added_raw_bytes = self.repo.added_raw_bytes - raw0
-        stats.blobs_added = self.repo.added_blobs - blobs0
-        stats.duration = round(time.monotonic() - started, 3)
-        if (
-            self.opts.skip_if_unchanged
-            and parent is not None
-            and not self._changed
-            and parent.root is not None
-            and _comparable(parent.root) == _comparable(root_node)
-        ):
-            return BackupResult(None, tree_id, stats, parent.id, skipped=True, warnings=self.warnings)
-        snap = Snapshot(
-            tree=tree_id,
-            time=datetime.now(UTC),
-            source=source,
-            hostname=socket.gethostname(),
-            username=_username(),
-            tags=sorted(set(self.opts.tags)),
-            paths=[name],
-            parent=parent.id if parent is not None else None,
-            program_version=__version__,
-            stats=stats,
-            root=root_node,
-        )
-        self.repo.save_snapshot(snap)
-        return BackupResult(snap, tree_id, stats, snap.parent, warnings=self.warnings)
+        return dirs[""].node, tree_id
 
     # --- reading the stream -------------------------------------------------------------
 
@@ -266,26 +245,11 @@ class TarArchiver(Archiver):
         data_file = tar.extractfile(member)
         if data_file is None:
             return
-        repo = self.repo
-        method = repo.config.chunker.choose(member.size, None)
-        content: list[bytes] = []
-        total = 0
-        comp = _Compressibility()
-        reader = cast(ExtentReader, data_file)
-        for data in self._chunker().chunks(reader, method, member.size):
-            bid = repo.blob_id(data)
-            content.append(bid)
-            total += len(data)
-            if repo.reserve(bid):
-                self._budget.acquire(len(data))
-                assert self._blob_pool is not None
-                try:
-                    self._blob_pool.submit(self._store, bid, data, comp)
-                except BaseException:
-                    self._budget.release(len(data))
-                    repo.release(bid)
-                    raise
-            self.opts.progress.advance(len(data))
+        method = self.repo.config.chunker.choose(member.size, None)
+        stored = self._store_content(cast(ChunkSource, data_file), method, member.size)
+        if stored is None:  # the backup is failing; the error is raised after the stream
+            return
+        content, total = stored
         if total != member.size:
             self._warn(f"{path}: archive entry ended early ({total} of {member.size} bytes)")
         node.size = total

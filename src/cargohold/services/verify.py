@@ -34,7 +34,7 @@ from cargohold.docker.connect import Endpoint
 from cargohold.docker.helper import helper_container
 from cargohold.docker.port import DockerPort
 from cargohold.errors import CargoholdError, UsageError
-from cargohold.repo.chunker import Chunker, ExtentReader, data_extents
+from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import Restorer
 from cargohold.repo.snapshot import Snapshot
@@ -104,7 +104,7 @@ class _Hasher:
         self._content: Content | None = None
 
     def chunk_ids(self, reader: object, node: Node, size: int) -> list[bytes]:
-        return [self.repo.blob_id(c) for c in self.chunker.chunks(cast(ExtentReader, reader), node.chunking, size)]
+        return [self.repo.blob_id(c) for c in self.chunker.chunks(cast(ChunkSource, reader), node.chunking, size)]
 
     def expected_digest(self, node: Node, content: Content) -> bytes:
         h = blake3.blake3()
