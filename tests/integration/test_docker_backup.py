@@ -315,3 +315,31 @@ def test_postgres_under_write_load_with_stop(
         ],
     )
     assert bad.stdout.strip() == b"0"
+
+
+def test_postgres_dump_is_stored_beside_the_files(
+    docker_port: SdkDocker, resources: Resources, repo: Repository, journal: IntentJournal, postgres_image: str
+) -> None:
+    vol = resources.volume("pgdump")
+    pg = resources.run(postgres_image, volumes={vol: "/var/lib/postgresql/data"})  # no label: dump by default
+    wait_ready(docker_port, pg, POSTGRES)
+    psql = ["psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c"]
+    assert (
+        docker_port.exec(pg, [*psql, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 321) g"]).exit_code == 0
+    )
+    [res] = backup(repo, docker_port, journal, resolve(docker_port, volumes=[vol])).results
+    assert res.mode.value == "dump" and any("has no cargohold.consistency label" in w for w in res.warnings)
+    assert res.downtime == {} and docker_port.inspect_container(pg).state == "running"
+    snap = res.snapshot
+    assert snap is not None and set(snap.extra_trees) == {"dumps"}
+    [meta_dump] = snap.source.meta["dumps"]
+    assert meta_dump["kind"] == "postgres" and meta_dump["path"] == f"{pg}/postgres/dumpall.sql"
+    node = repo.load_tree(
+        repo.load_tree(repo.load_tree(snap.extra_trees["dumps"]).find(pg.encode()).subtree).find(b"postgres").subtree
+    ).find(b"dumpall.sql")  # type: ignore[union-attr,arg-type]
+    assert node is not None and node.size == meta_dump["size"] > 0
+    text = b"".join(
+        repo.load_blob(__import__("cargohold.repo.format", fromlist=["BlobType"]).BlobType.DATA, c)
+        for c in node.content
+    )
+    assert b"COPY public.t (id) FROM stdin;" in text

@@ -206,3 +206,33 @@ def _walk(
                 yield from _walk(repo, node.subtree, name, content, links, stats, rest)
         else:
             stats.others += 1
+
+
+def directory_tar(root: str | os.PathLike[str], *, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """A local directory of plain files and folders (a dump spool) as a tar stream, in bounded memory."""
+    base = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, base)
+        prefix = "." if rel_dir == "." else f"./{rel_dir}"
+        for name in [None, *sorted(filenames)]:
+            full = dirpath if name is None else os.path.join(dirpath, name)
+            info = tarfile.TarInfo(prefix if name is None else f"{prefix}/{name}")
+            st = os.lstat(full)
+            info.mode, info.uid, info.gid, info.mtime = st.st_mode & 0o7777, st.st_uid, st.st_gid, int(st.st_mtime)
+            if name is None:
+                info.type = tarfile.DIRTYPE
+                yield _encode(info)
+                continue
+            info.size = st.st_size
+            yield _encode(info)
+            written = 0
+            with open(full, "rb") as f:
+                while written < info.size and (piece := f.read(min(chunk, info.size - written))):
+                    written += len(piece)
+                    yield piece
+            if written != info.size:
+                raise UsageError(f"{full} changed size while it was archived")
+            if written % BLOCK:
+                yield bytes(BLOCK - written % BLOCK)
+    yield bytes(2 * BLOCK)

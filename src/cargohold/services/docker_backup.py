@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot, Source
 from cargohold.repo.tar_archiver import TarArchiver
+from cargohold.repo.tar_writer import directory_tar
 from cargohold.services.docker_sources import SourceKind, StateSource, Via, choose_via, container_meta
 from cargohold.services.dumps import DumpFile, dump
 from cargohold.services.intents import IntentJournal
@@ -49,6 +50,8 @@ from cargohold.services.repository import locks_of
 
 #: Where the volume (or bind source) is mounted in a helper container.
 HELPER_MOUNT = "/volume"
+#: Role of the tree of application dumps in :attr:`Snapshot.extra_trees`.
+DUMPS_TREE = "dumps"
 
 
 @dataclass
@@ -190,24 +193,33 @@ class DockerBackup:
         )
         spool = Path(tempfile.mkdtemp(prefix="cargohold-dumps-"))
         try:
+            extra: dict[str, bytes] = {}
 
             def take_dumps() -> None:
+                """Dumps while everything still runs; stored before any container is frozen."""
                 for p in participants:
                     if p.decision.mode is Mode.DUMP and p.decision.dump is not None:
                         user = next(u for u in source.users if u.container.id == p.container.id)
-                        res.dumps += dump(
+                        taken = dump(
                             self.docker,
                             p.container,
                             p.decision.dump,
-                            spool,
+                            spool / p.container.name,
                             volume_root=Path(path) if path else None,
                             mount_path=user.mount_path,
                         )
+                        # paths in the dumps tree: CONTAINER/KIND/FILE
+                        res.dumps += [replace(d, path=f"{p.container.name}/{d.path}") for d in taken]
+                if res.dumps:
+                    # The dumps go into the same snapshot, as a tree of their own beside the files.
+                    extra[DUMPS_TREE] = TarArchiver(self.repo).build_tree(
+                        directory_tar(spool), name=f"dumps of {source.label}"
+                    )
 
             with self.quiescer.hold(
                 participants, purpose=f"backup of {source.label}", mode=mode, before_freeze=take_dumps
             ) as window:
-                res.result = self._read(source, via, path, meta, res, parents)
+                res.result = self._read(source, via, path, meta, res, parents, extra)
             self._finish(res, window)
         except CargoholdError as err:
             res.error = str(err)
@@ -224,6 +236,7 @@ class DockerBackup:
         meta: dict[str, Any],
         res: SourceResult,
         parents: dict[tuple[str, str], Snapshot],
+        extra: dict[str, bytes],
     ) -> BackupResult:
         meta["dumps"] = [d.to_json() for d in res.dumps]
         snap_source = Source(source.kind.value, source.name, meta)
@@ -235,6 +248,7 @@ class DockerBackup:
             ignore_inode=False,
             skip_if_unchanged=self.request.skip_if_unchanged,
             progress=self.request.progress_factory(source.label),
+            extra_trees=extra,
         )
         if via is Via.DIRECT:
             assert path is not None
