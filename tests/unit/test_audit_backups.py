@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cargohold.audit.backups import BackupRecord
 from cargohold.cli.app import app
 from cargohold.model.consistency import Mode
+from cargohold.repo import verifications
 from cargohold.repo.snapshot import Snapshot, Source
 from cargohold.services import audit as svc
 from cargohold.services import repository
@@ -30,13 +31,21 @@ def repo_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         Snapshot(
             tree=b"\0" * 32,
             time=now - timedelta(hours=1),
-            source=Source("volume", "proj_db", {"consistency": "dump", "verified_at": now.isoformat()}),
+            source=Source("volume", "proj_db", {"consistency": {"mode": "dump", "containers": {}}}),
         ),
         Snapshot(tree=b"\0" * 32, time=now - timedelta(days=5), source=Source("volume", "proj_old", {})),
         Snapshot(tree=b"\0" * 32, time=now, source=Source("path", "/etc", {})),
     ]
     for s in snaps:
         repo.save_snapshot(s)
+
+    def record(name: str, ok: bool, when: datetime) -> verifications.VerificationRecord:
+        return verifications.VerificationRecord(
+            snapshot_id="0" * 64, source_kind="volume", source_name=name, time=when, ok=ok, method="volume", via="api"
+        )
+
+    verifications.save(repo, record("proj_db", True, now - timedelta(minutes=30)))
+    verifications.save(repo, record("proj_old", False, now))  # a failed verification proves nothing
     repo.close()
     return url
 

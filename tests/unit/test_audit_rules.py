@@ -293,3 +293,29 @@ def test_service_of_unknown_image_with_a_declared_volume() -> None:
     )
     [f] = [f for f in run(AuditInput(source="files", workloads=(svc,))) if f.rule == "anonymous-volume"]
     assert f.path == "/var/lib/app" and "compose gives it an anonymous volume" in f.message
+
+
+def test_index_reads_docker_backup_meta_and_verification_records() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Verified:
+        source_kind: str
+        source_name: str
+        time: datetime
+        ok: bool
+
+    s = Snapshot(
+        tree=b"", time=NOW - timedelta(hours=2), source=Source("volume", "db", {"consistency": {"mode": "stop"}})
+    )
+    s.id = "x"
+    index = index_from_snapshots(
+        [s],
+        [
+            Verified("volume", "db", NOW - timedelta(hours=1), True),
+            Verified("volume", "db", NOW, False),
+            Verified("volume", "other", NOW, True),
+        ],
+    )
+    assert set(index) == {"db"}
+    assert index["db"].consistency is Mode.STOP and index["db"].last_verified == NOW - timedelta(hours=1)

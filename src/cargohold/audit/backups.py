@@ -67,6 +67,9 @@ class SnapshotLike(Protocol):
 
 
 def _mode(value: object) -> Mode | None:
+    """The mode of a snapshot's ``consistency`` meta: ``"dump"`` or ``{"mode": "dump", ...}``."""
+    if isinstance(value, dict):
+        value = value.get("mode")
     try:
         return Mode(str(value)) if value is not None else None
     except ValueError:
@@ -84,12 +87,44 @@ def _when(value: object) -> datetime | None:
     return None
 
 
-def index_from_snapshots(snapshots: Iterable[SnapshotLike]) -> dict[str, BackupRecord]:
+class VerificationLike(Protocol):
+    """What :func:`index_from_snapshots` needs of a verification record (``cargohold verify``)."""
+
+    @property
+    def source_kind(self) -> str: ...
+
+    @property
+    def source_name(self) -> str: ...
+
+    @property
+    def time(self) -> datetime: ...
+
+    @property
+    def ok(self) -> bool: ...
+
+
+def index_from_snapshots(
+    snapshots: Iterable[SnapshotLike], verifications: Iterable[VerificationLike] = ()
+) -> dict[str, BackupRecord]:
     """Newest backup per volume from snapshots whose source kind is ``volume``.
 
-    Read from a snapshot's ``source.meta`` when present: ``consistency`` (the mode used)
-    and ``verified_at`` (ISO time of the last verification).
+    Read from a snapshot's ``source.meta`` when present: ``consistency`` (the mode used,
+    a string or ``{"mode": ...}``) and ``verified_at`` (ISO time of a verification).
+    ``verifications`` (successful ones count) give each volume its last verification time.
     """
+    out = _index(snapshots)
+    newest: dict[str, datetime] = {}
+    for v in verifications:
+        if v.ok and v.source_kind == "volume" and (v.source_name not in newest or v.time > newest[v.source_name]):
+            newest[v.source_name] = v.time
+    for name, when in newest.items():
+        rec = out.get(name)
+        if rec is not None and (rec.last_verified is None or when > rec.last_verified):
+            out[name] = BackupRecord(rec.last_backup, when, rec.consistency, rec.snapshot_id)
+    return out
+
+
+def _index(snapshots: Iterable[SnapshotLike]) -> dict[str, BackupRecord]:
     out: dict[str, BackupRecord] = {}
     for snap in snapshots:
         if snap.source.kind != "volume":

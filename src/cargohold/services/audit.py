@@ -211,11 +211,13 @@ def write_patches(patches: Sequence[FilePatch]) -> None:
 
 
 def backups_from_repository(url: str, password: str) -> dict[str, BackupRecord]:
-    """The backup index of a repository: newest snapshot per volume (source kind ``volume``)."""
+    """The backup index of a repository: newest snapshot per volume (source kind ``volume``),
+    with the time of its newest successful ``cargohold verify``."""
+    from cargohold.repo import verifications
     from cargohold.services import repository
 
     repo = repository.open_repository(url, password)
     try:
-        return index_from_snapshots(repo.snapshots())
+        return index_from_snapshots(repo.snapshots(), verifications.load_all(repo))
     finally:
         repo.close()
