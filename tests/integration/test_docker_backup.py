@@ -16,8 +16,10 @@ from cargohold.backends import MemoryBackend
 from cargohold.docker.sdk import SdkDocker
 from cargohold.errors import DockerConflict, DockerError, UsageError, VolumeNotFound
 from cargohold.repo.archiver import Archiver
+from cargohold.repo.format import BlobType
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.repository import Repository
+from cargohold.repo.tree import Node
 from cargohold.services.docker_backup import BackupRequest, DockerBackup, RunReport
 from cargohold.services.docker_restore import VolumeRestoreRequest, restore_volume
 from cargohold.services.docker_sources import StateSource, Via, resolve
@@ -32,6 +34,16 @@ FILL = (
     " && chown -R 33:44 /data/sub && chmod 640 /data/sub/f && chmod 4750 /data/big && chmod 710 /data"
     " && touch -d '2020-02-03 04:05:06' /data/sub/f"
 )
+
+
+def file_in(repo: Repository, tree_id: bytes, path: str) -> Node:
+    node: Node | None = None
+    for part in path.split("/"):
+        node = repo.load_tree(tree_id).find(part.encode())
+        assert node is not None, path
+        tree_id = node.subtree or b""
+    assert node is not None
+    return node
 
 
 @pytest.fixture
@@ -334,12 +346,7 @@ def test_postgres_dump_is_stored_beside_the_files(
     assert snap is not None and set(snap.extra_trees) == {"dumps"}
     [meta_dump] = snap.source.meta["dumps"]
     assert meta_dump["kind"] == "postgres" and meta_dump["path"] == f"{pg}/postgres/dumpall.sql"
-    node = repo.load_tree(
-        repo.load_tree(repo.load_tree(snap.extra_trees["dumps"]).find(pg.encode()).subtree).find(b"postgres").subtree
-    ).find(b"dumpall.sql")  # type: ignore[union-attr,arg-type]
-    assert node is not None and node.size == meta_dump["size"] > 0
-    text = b"".join(
-        repo.load_blob(__import__("cargohold.repo.format", fromlist=["BlobType"]).BlobType.DATA, c)
-        for c in node.content
-    )
+    node = file_in(repo, snap.extra_trees["dumps"], meta_dump["path"])
+    assert node.size == meta_dump["size"] > 0
+    text = b"".join(repo.load_blob(BlobType.DATA, c) for c in node.content)
     assert b"COPY public.t (id) FROM stdin;" in text
