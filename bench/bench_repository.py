@@ -13,13 +13,15 @@ process per operation, repository in the work directory):
 and measure the repository size after the full backup (`du -sb`), its growth after the
 incremental and the peak RSS of every process (`os.wait4` per child). The page cache is
 left warm (nothing is dropped: the machine is shared), so the corpus is read from memory
-by every tool alike. The restored tree is compared with the source (type, mode, size,
-content digest; mtime_ns too for cargohold and restic) and any difference fails the run.
+by every tool alike; dirty pages are written back (`sync`, untimed) before each step, so no
+tool pays for the writeback of the previous one's writes. The restored tree is compared
+with the source (type, mode, size, content digest; mtime_ns too for cargohold and restic)
+and any difference fails the run.
 
 cargohold: `cargohold` next to this Python (`.venv/bin/cargohold`), CARGOHOLD_PASSWORD set,
 KDF left at its default. restic: repository format 2, `--compression auto`, its normal
-cache in the work directory. tar: `tar -cf - . | zstd -T0 -3`, the incremental and no-op
-are a full archive again.
+cache in the work directory. tar: `tar -cf - . | zstd -T0 -3`; its incremental is a full archive
+again and it has no no-op.
 
 Prints a table of cargohold/restic ratios against the targets of issue 3 and writes
 bench/results/repository-<scale>.json. `--scaling` runs scales 0.25, 0.5 and 1.0 and shows
@@ -122,6 +124,9 @@ def run(
     """Run ``argvs`` as a pipeline (each one's stdout feeding the next; the last one's
     output is discarded), wait for each process with ``os.wait4`` to get its own peak RSS
     and CPU time, and fail loudly on any non-zero exit."""
+    # Write back what earlier steps left dirty (the page cache stays): otherwise one tool's
+    # restore pays for the writeback of the previous one's (dirty-page throttling).
+    os.sync()
     load = os.getloadavg()
     busy0 = _busy_cpu_s()
     procs: list[tuple[subprocess.Popen[bytes], list[str], Any]] = []
@@ -382,7 +387,16 @@ def versions() -> dict[str, str]:
 
     return {
         "cargohold": first_line([*find_cargohold(), "--version"]),
-        "cargohold_commit": first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        # The CLI runs the working tree (editable install): say when it differs from the commit.
+        "cargohold_commit": first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
+        "cargohold_uncommitted": " ".join(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()[1::2]
+        ),
         "restic": first_line(["restic", "version"]),
         "zstd": first_line(["zstd", "--version"]),
         "tar": first_line(["tar", "--version"]),
@@ -545,7 +559,9 @@ def table(result: dict[str, Any]) -> str:
     t = result["tools"]
     lines = [
         f"scale {result['scale']}: {result['corpus']['generation0']['files']} files, "
-        f"{result['corpus']['generation0']['bytes'] / 1e6:.0f} MB; {result['machine']['uptime_end']}",
+        f"{result['corpus']['generation0']['bytes'] / 1e6:.0f} MB; "
+        f"cargohold at {result['versions']['cargohold_commit']}, {result['runs']} run(s); "
+        f"{result['machine']['uptime_end']}",
         "",
         "| metric | cargohold | restic | tar + zstd | cargohold / restic | target | |",
         "|---|---|---|---|---|---|---|",
