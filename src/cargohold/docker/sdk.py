@@ -466,7 +466,7 @@ class SdkDocker:
     def stat_path(self, name_or_id: str, path: str) -> PathStat:
         with self._translate(f"stat {path!r} in {name_or_id!r}", DockerNotFound):
             url = self.api._url("/containers/{0}/archive", name_or_id)
-            res = self.api._head(url, params={"path": path})
+            res = self.api.head(url, params={"path": path})
             self.api._raise_for_status(res)
         raw = res.headers.get("X-Docker-Container-Path-Stat", "")
         data = json.loads(b64decode(raw)) if raw else {}
