@@ -8,158 +8,29 @@ Where: ``--repo URL``, else ``CARGOHOLD_REPO``, else ``$XDG_DATA_HOME/cargohold/
 
 from __future__ import annotations
 
-import getpass
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 
 from cargohold.cli import exit_codes
-from cargohold.cli.output import err_console, human_bytes, print_json, print_table
+from cargohold.cli.common import (
+    JsonOpt,
+    PasswordFileOpt,
+    ProgressOpt,
+    RepoOpt,
+    note,
+    open_repo,
+    password,
+    progress_for,
+    snapshot_json,
+)
+from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.errors import UsageError
-from cargohold.repo.repository import Repository
 from cargohold.repo.retention import Policy, parse_duration
-from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import DIR, FILE, SYMLINK, Node
 from cargohold.services import repository as svc
-
-RepoOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--repo", "-r", help="Repository URL or path (default: $CARGOHOLD_REPO, then XDG data dir).", metavar="URL"
-    ),
-]
-PasswordFileOpt = Annotated[
-    str | None,
-    typer.Option("--password-file", help="Read the password from this file (first line).", metavar="FILE"),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
-ProgressOpt = Annotated[
-    bool | None,
-    typer.Option("--progress/--no-progress", help="Progress bars (default: only on a terminal)."),
-]
-
-
-# --- passwords and repositories ----------------------------------------------------------
-
-
-def _read_password_file(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-    except OSError as err:
-        raise UsageError(f"cannot read password file {path}: {err.strerror}") from None
-    return first.rstrip("\r\n")
-
-
-def _password(password_file: str | None, *, confirm: bool = False, env: str = svc.PASSWORD_ENV) -> str:
-    if password_file:
-        return _read_password_file(password_file)
-    value = os.environ.get(env)
-    if value is not None:
-        return value
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "no password given",
-            hint=f"set {env}, use --password-file FILE, or run on a terminal to be asked",
-        )
-    first = getpass.getpass("repository password: ")
-    if confirm and getpass.getpass("repeat password: ") != first:
-        raise UsageError("the passwords do not match")
-    return first
-
-
-@contextmanager
-def _open(repo: str | None, password_file: str | None) -> Iterator[Repository]:
-    r = svc.open_repository(svc.resolve_repo_url(repo), _password(password_file))
-    try:
-        yield r
-    finally:
-        r.close()
-
-
-class _RichProgress:
-    """Progress bars on stderr (rich); thread safe."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TransferSpeedColumn,
-        )
-
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[items]} items"),
-            TimeElapsedColumn(),
-            console=err_console(),
-            transient=True,
-        )
-        self._task: Any = None
-        self._items = 0
-
-    def start(self, phase: str, total_bytes: int | None = None) -> None:
-        self._p.start()
-        self._items = 0
-        self._task = self._p.add_task(phase, total=total_bytes, items=0)
-
-    def advance(self, nbytes: int = 0, items: int = 0) -> None:
-        if self._task is not None:
-            self._items += items
-            self._p.update(self._task, advance=nbytes, items=self._items)
-
-    def finish(self) -> None:
-        self._p.stop()
-        self._task = None
-
-
-def _progress(flag: bool | None) -> Any:
-    show = sys.stderr.isatty() if flag is None else flag
-    return _RichProgress() if show else None
-
-
-def _note(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-# --- JSON shapes -------------------------------------------------------------------------
-
-
-def snapshot_json(s: Snapshot) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "short_id": s.short_id,
-        "time": s.time.isoformat(),
-        "source": {"kind": s.source.kind, "name": s.source.name, "meta": s.source.meta},
-        "tags": s.tags,
-        "hostname": s.hostname,
-        "username": s.username,
-        "paths": s.paths,
-        "parent": s.parent,
-        "tree": s.tree.hex(),
-        "program_version": s.program_version,
-        "stats": {
-            "files": s.stats.files,
-            "dirs": s.stats.dirs,
-            "bytes": s.stats.bytes,
-            "added_bytes": s.stats.added_bytes,
-            "added_raw_bytes": s.stats.added_raw_bytes,
-            "files_new": s.stats.files_new,
-            "files_changed": s.stats.files_changed,
-            "files_unchanged": s.stats.files_unchanged,
-            "duration": s.stats.duration,
-        },
-    }
 
 
 def _node_json(path: str, n: Node) -> dict[str, Any]:
@@ -194,9 +65,9 @@ def _mode_string(n: Node) -> str:
 def init(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
     """Create a new encrypted repository."""
     url = svc.resolve_repo_url(repo)
-    r = svc.init_repository(url, _password(password_file, confirm=True))
+    r = svc.init_repository(url, password(password_file, confirm=True))
     print(f"created repository {r.config.id} at {url}")
-    _note("keep the password safe: without it the data cannot be read back")
+    note("keep the password safe: without it the data cannot be read back")
 
 
 def backup(
@@ -214,17 +85,17 @@ def backup(
     progress: ProgressOpt = None,
 ) -> None:
     """Back up a directory into a new snapshot."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         res = svc.backup(
             r,
             path,
             tags=tag or [],
             ignore_inode=ignore_inode,
             skip_if_unchanged=skip_if_unchanged,
-            progress=_progress(progress),
+            progress=progress_for(progress),
         )
     for w in res.warnings:
-        _note(f"warning: {w}")
+        note(f"warning: {w}")
     st = res.stats
     if json:
         print_json(
@@ -265,7 +136,7 @@ def snapshots(
     json: JsonOpt = False,
 ) -> None:
     """List snapshots, oldest first."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         snaps = svc.snapshots(r, source=source, tags=tag or [])
     if json:
         print_json([snapshot_json(s) for s in snaps])
@@ -295,7 +166,7 @@ def ls(
     json: JsonOpt = False,
 ) -> None:
     """List the files of a snapshot (below PATH)."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         _snap, entries = svc.ls(r, snapshot, path)
     if json:
         print_json([_node_json(e.path, e.node) for e in entries])
@@ -319,7 +190,7 @@ def diff(
     json: JsonOpt = False,
 ) -> None:
     """What changed between two snapshots (+ added, - removed, M content, U metadata, T type)."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         s1, s2, changes = svc.diff(r, snapshot1, snapshot2)
     if json:
         print_json({"from": s1.id, "to": s2.id, "changes": [{"change": c.change, "path": c.path} for c in changes]})
@@ -327,7 +198,7 @@ def diff(
     for c in changes:
         print(f"{c.change}  {c.path}")
     counts = {k: sum(1 for c in changes if c.change == k) for k in "+-MUT"}
-    _note(
+    note(
         f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
         f"{counts['U']} metadata, {counts['T']} type changed"
     )
@@ -347,17 +218,19 @@ def restore(
     progress: ProgressOpt = None,
 ) -> None:
     """Restore a snapshot, byte-exact with owners, modes, times, xattrs, links and holes."""
-    with _open(repo, password_file) as r:
-        snap, res = svc.restore(r, snapshot, target, include=include or [], source=source, progress=_progress(progress))
+    with open_repo(repo, password_file) as r:
+        snap, res = svc.restore(
+            r, snapshot, target, include=include or [], source=source, progress=progress_for(progress)
+        )
     for w in res.warnings:
-        _note(f"warning: {w}")
+        note(f"warning: {w}")
     print(
         f"restored snapshot {snap.short_id}: {res.files} files, {res.dirs} dirs, {human_bytes(res.bytes)} into {target}"
     )
     if res.damaged:
         for path, why in sorted(res.damaged.items()):
-            _note(f"damaged: {path}: {why}")
-        _note(
+            note(f"damaged: {path}: {why}")
+        note(
             f"cargohold: error: {len(res.damaged)} file(s) could not be restored intact "
             "— run `cargohold check --read-data`"
         )
@@ -378,8 +251,8 @@ def check(
     """Check the repository; exit code 9 when anything is damaged."""
     if read_data and subset is not None:
         raise UsageError("give either --read-data or --read-data-subset")
-    with _open(repo, password_file) as r:
-        rep = svc.check(r, read_data=read_data, subset=subset, progress=_progress(progress))
+    with open_repo(repo, password_file) as r:
+        rep = svc.check(r, read_data=read_data, subset=subset, progress=progress_for(progress))
     if json:
         print_json(
             {
@@ -436,7 +309,7 @@ def forget(
         except ValueError as err:
             raise UsageError(str(err)) from None
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, within)
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         res = svc.forget(r, policy, source=source, dry_run=dry_run, prune_after=prune_after)
     if json:
         print_json(
@@ -487,8 +360,8 @@ def prune(
     progress: ProgressOpt = None,
 ) -> None:
     """Remove data no snapshot needs; repack partly used packs (backups may keep running)."""
-    with _open(repo, password_file) as r:
-        rep = svc.prune(r, dry_run=dry_run, progress=_progress(progress))
+    with open_repo(repo, password_file) as r:
+        rep = svc.prune(r, dry_run=dry_run, progress=progress_for(progress))
     if json:
         print_json(rep.__dict__)
     else:
@@ -497,7 +370,7 @@ def prune(
 
 def stats(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
     """Logical vs stored size and the deduplication ratio."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         st = svc.stats(r)
     if json:
         print_json(
@@ -542,14 +415,14 @@ NewPasswordFileOpt = Annotated[
 ]
 
 
-def _new_password(path: str | None) -> str:
-    return _password(path, confirm=True, env="CARGOHOLD_NEW_PASSWORD")
+def _newpassword(path: str | None) -> str:
+    return password(path, confirm=True, env="CARGOHOLD_NEW_PASSWORD")
 
 
 @key_app.command("list")
 def key_list(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
     """List key slots."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         slots, damaged = svc.key_list(r)
         current = r.key_id
     if json:
@@ -573,7 +446,7 @@ def key_list(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: 
     rows = [["*" if k.id == current else "", k.id, k.created, f"{k.user}@{k.host}", k.label or "-"] for k in slots]
     print_table(["", "id", "created", "by", "label"], rows)
     for sid, msg in sorted(damaged.items()):
-        _note(f"damaged key slot {sid}: {msg}")
+        note(f"damaged key slot {sid}: {msg}")
 
 
 @key_app.command("add")
@@ -584,8 +457,8 @@ def key_add(
     password_file: PasswordFileOpt = None,
 ) -> None:
     """Add a password (a new key slot for the same master key)."""
-    with _open(repo, password_file) as r:
-        sid = svc.key_add(r, _new_password(new_password_file), label=label)
+    with open_repo(repo, password_file) as r:
+        sid = svc.key_add(r, _newpassword(new_password_file), label=label)
     print(f"added key {sid}")
 
 
@@ -596,7 +469,7 @@ def key_remove(
     password_file: PasswordFileOpt = None,
 ) -> None:
     """Remove a key slot (not the one in use, not the last one)."""
-    with _open(repo, password_file) as r:
+    with open_repo(repo, password_file) as r:
         svc.key_remove(r, key_id)
     print(f"removed key {key_id}")
 
@@ -606,8 +479,8 @@ def key_passwd(
     new_password_file: NewPasswordFileOpt = None, repo: RepoOpt = None, password_file: PasswordFileOpt = None
 ) -> None:
     """Change the password of the key slot in use."""
-    with _open(repo, password_file) as r:
-        sid = svc.key_passwd(r, _new_password(new_password_file))
+    with open_repo(repo, password_file) as r:
+        sid = svc.key_passwd(r, _newpassword(new_password_file))
     print(f"password changed (new key {sid})")
 
 

@@ -1,0 +1,147 @@
+"""What the repository-backed commands share: where the repository is, its password,
+progress bars, and the JSON shape of a snapshot."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from cargohold.cli.output import err_console
+from cargohold.errors import UsageError
+from cargohold.repo.repository import Repository
+from cargohold.repo.snapshot import Snapshot
+from cargohold.services import repository as svc
+
+RepoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--repo", "-r", help="Repository URL or path (default: $CARGOHOLD_REPO, then XDG data dir).", metavar="URL"
+    ),
+]
+PasswordFileOpt = Annotated[
+    str | None,
+    typer.Option("--password-file", help="Read the password from this file (first line).", metavar="FILE"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bars (default: only on a terminal)."),
+]
+
+
+def read_password_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except OSError as err:
+        raise UsageError(f"cannot read password file {path}: {err.strerror}") from None
+    return first.rstrip("\r\n")
+
+
+def password(password_file: str | None, *, confirm: bool = False, env: str = svc.PASSWORD_ENV) -> str:
+    if password_file:
+        return read_password_file(password_file)
+    value = os.environ.get(env)
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no password given",
+            hint=f"set {env}, use --password-file FILE, or run on a terminal to be asked",
+        )
+    first = getpass.getpass("repository password: ")
+    if confirm and getpass.getpass("repeat password: ") != first:
+        raise UsageError("the passwords do not match")
+    return first
+
+
+@contextmanager
+def open_repo(repo: str | None, password_file: str | None) -> Iterator[Repository]:
+    r = svc.open_repository(svc.resolve_repo_url(repo), password(password_file))
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+class RichProgress:
+    """Progress bars on stderr (rich); thread safe."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[items]} items"),
+            TimeElapsedColumn(),
+            console=err_console(),
+            transient=True,
+        )
+        self._task: Any = None
+        self._items = 0
+
+    def start(self, phase: str, total_bytes: int | None = None) -> None:
+        self._p.start()
+        self._items = 0
+        self._task = self._p.add_task(phase, total=total_bytes, items=0)
+
+    def advance(self, nbytes: int = 0, items: int = 0) -> None:
+        if self._task is not None:
+            self._items += items
+            self._p.update(self._task, advance=nbytes, items=self._items)
+
+    def finish(self) -> None:
+        self._p.stop()
+        self._task = None
+
+
+def progress_for(flag: bool | None) -> Any:
+    show = sys.stderr.isatty() if flag is None else flag
+    return RichProgress() if show else None
+
+
+def note(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def snapshot_json(s: Snapshot) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "short_id": s.short_id,
+        "time": s.time.isoformat(),
+        "source": {"kind": s.source.kind, "name": s.source.name, "meta": s.source.meta},
+        "tags": s.tags,
+        "hostname": s.hostname,
+        "username": s.username,
+        "paths": s.paths,
+        "parent": s.parent,
+        "tree": s.tree.hex(),
+        "program_version": s.program_version,
+        "stats": {
+            "files": s.stats.files,
+            "dirs": s.stats.dirs,
+            "bytes": s.stats.bytes,
+            "added_bytes": s.stats.added_bytes,
+            "added_raw_bytes": s.stats.added_raw_bytes,
+            "files_new": s.stats.files_new,
+            "files_changed": s.stats.files_changed,
+            "files_unchanged": s.stats.files_unchanged,
+            "duration": s.stats.duration,
+        },
+    }
