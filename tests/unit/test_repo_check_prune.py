@@ -224,3 +224,23 @@ def test_stats_and_keys(tmp_path: Path, repo: Repository) -> None:
     svc.key_remove(r, r2.key_id)
     with pytest.raises(WrongPassword):
         Repository.open(repo.backend, "third")
+
+
+def test_damaged_index_loses_nothing_and_rebuild_index_repairs_it(tmp_path: Path, repo: Repository) -> None:
+    fill(tmp_path / "a", 1)
+    snap = svc.backup(repo, tmp_path / "a").snapshot
+    assert snap is not None
+    for name in names(repo, "index/"):
+        damage(repo, name, "flip")
+    rep = svc.check(fresh(repo), read_data=True)
+    assert [d.kind for d in rep.damage] == ["index"] and not rep.affected  # the packs still hold everything
+    assert any("rebuild-index" in w for w in rep.warnings)
+    _, out = svc.restore(fresh(repo), snap.id, tmp_path / "out")
+    assert not out.damaged
+    assert (tmp_path / "out" / "big1.bin").read_bytes() == (tmp_path / "a" / "big1.bin").read_bytes()
+    with pytest.raises(IntegrityError):
+        svc.prune(fresh(repo))
+    rebuilt = svc.rebuild_index(fresh(repo))
+    assert rebuilt.packs == 2 and rebuilt.index_files_replaced == 1 and not rebuilt.damaged_packs
+    assert svc.check(fresh(repo), read_data=True).ok
+    assert svc.prune(fresh(repo)).packs_deleted == 0

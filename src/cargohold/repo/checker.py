@@ -72,7 +72,10 @@ class Checker:
             self._damage("key", f"keys/{slot}", msg)
         self.repo.load_index()
         for name, msg in sorted(self.repo.load_report.damaged_index.items()):
-            self._damage("index", f"index/{name}", msg)
+            self._damage("index", f"index/{name}", f"{msg} (`cargohold rebuild-index` rewrites the index)")
+        if self.repo.load_report.damaged_index:
+            # what the damaged index listed is still in the packs: trace blobs through their headers
+            self.repo.index_unindexed_packs()
         packs = self._pack_records()
         self._check_packs_exist(packs)
         if read_data or subset is not None:
@@ -128,10 +131,13 @@ class Checker:
             elif size < rec.size + 4:
                 self._damage("pack", name, f"truncated: {size} bytes, the index needs more than {rec.size}")
                 self._mark_pack_bad(rec, f"pack {pid.hex()[:12]} truncated")
+        why = (
+            "its index file is damaged: `cargohold rebuild-index` lists it again"
+            if self.repo.load_report.damaged_index
+            else "left by an interrupted backup; prune removes it"
+        )
         for pid in sorted(set(present) - set(packs)):
-            self.report.warnings.append(
-                f"pack {pack_name(pid)} is in no index (left by an interrupted backup; prune removes it)"
-            )
+            self.report.warnings.append(f"pack {pack_name(pid)} is in no readable index ({why})")
 
     def _read_packs(self, packs: list[PackRecord]) -> None:
         self.progress.start("read data", sum(p.size for p in packs))

@@ -36,7 +36,6 @@ from cargohold.errors import BackendError, IntegrityError, ObjectNotFound, Unsup
 from cargohold.repo.format import BlobType, decode_object, encode_object, pack_name, parse_hex_id, sha256_hex
 from cargohold.repo.index import PackRecord
 from cargohold.repo.locks import LockManager
-from cargohold.repo.pack import TRAILER_SIZE, header_length, parse_header
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
@@ -303,12 +302,8 @@ class Pruner:
                 repo.backend.delete(name)
 
     def _read_header(self, pid: bytes, size: int) -> PackRecord | None:
-        name = pack_name(pid)
         try:
-            trailer = self.repo.backend.load(name, size - TRAILER_SIZE, TRAILER_SIZE)
-            n = header_length(trailer, size, what=name)
-            sealed = self.repo.backend.load(name, size - TRAILER_SIZE - n, n)
-            return parse_header(self.repo.cipher, pid, sealed, size - TRAILER_SIZE - n, what=name)
+            return self.repo.read_pack_header(pid, size)
         except (IntegrityError, BackendError, UnsupportedFormat):
             return None
 

@@ -48,7 +48,7 @@ from cargohold.repo.format import (
     sha256_hex,
 )
 from cargohold.repo.index import MasterIndex, PackRecord, decode_index, encode_index
-from cargohold.repo.pack import PackBuilder
+from cargohold.repo.pack import TRAILER_SIZE, PackBuilder, header_length, parse_header
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import Tree
 
@@ -443,3 +443,34 @@ class Repository:
             pid = parse_hex_id(info.name.rsplit("/", 1)[1])
             if pid is not None:
                 yield pid, info.size
+
+    def read_pack_header(self, pid: bytes, size: int) -> PackRecord:
+        """The blobs a pack lists in its own header (two small ranged reads)."""
+        name = pack_name(pid)
+        try:
+            trailer = self.backend.load(name, size - TRAILER_SIZE, TRAILER_SIZE)
+            n = header_length(trailer, size, what=name)
+            sealed = self.backend.load(name, size - TRAILER_SIZE - n, n)
+        except ObjectNotFound:
+            raise IntegrityError(f"{name} is missing") from None
+        return parse_header(self.cipher, pid, sealed, size - TRAILER_SIZE - n, what=name)
+
+    def index_unindexed_packs(self) -> list[PackRecord]:
+        """Add the packs no readable index lists to the in-memory index, from their headers.
+
+        Lets restore and check use the data of packs whose index file is damaged or was
+        never written; unreadable headers are skipped (check reports them).
+        """
+        found: list[PackRecord] = []
+        for pid, size in self.list_packs():
+            if self.index.has_pack(pid):
+                continue
+            try:
+                rec = self.read_pack_header(pid, size)
+            except (IntegrityError, BackendError, UnsupportedFormat):
+                continue
+            found.append(rec)
+        with self._lock:
+            for rec in found:
+                self.index.add_pack(rec)
+        return found

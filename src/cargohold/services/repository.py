@@ -8,16 +8,26 @@ backups), none for read-only listings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cargohold.backends import open_backend
-from cargohold.errors import AmbiguousSnapshot, SnapshotNotFound, UsageError
+from cargohold.errors import (
+    AmbiguousSnapshot,
+    BackendError,
+    IntegrityError,
+    ObjectNotFound,
+    SnapshotNotFound,
+    UnsupportedFormat,
+    UsageError,
+)
 from cargohold.repo import keys as keyslots
 from cargohold.repo.archiver import Archiver, BackupOptions, BackupResult
 from cargohold.repo.checker import Checker, CheckReport
+from cargohold.repo.format import pack_name
 from cargohold.repo.locks import LockInfo, LockManager
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.prune import Pruner, PruneReport
@@ -51,6 +61,7 @@ __all__ = [
     "ls",
     "open_repository",
     "prune",
+    "rebuild_index",
     "resolve_repo_url",
     "restore",
     "snapshots",
@@ -176,6 +187,8 @@ def restore(
     with locks_of(repo).shared("restore"):
         snap = find_snapshot(repo, ref, source=source)
         repo.load_index()
+        if repo.load_report.damaged_index:  # use the packs' own headers for what those listed
+            repo.index_unindexed_packs()
         opts = RestoreOptions(include=list(include), progress=progress or NullProgress())
         return snap, Restorer(repo, opts).run(snap, target)
 
@@ -315,6 +328,38 @@ def forget(
     if prune_after and not dry_run:
         result.prune = prune(repo, progress=progress)
     return result
+
+
+@dataclass
+class RebuildReport:
+    packs: int = 0
+    blobs: int = 0
+    index_files_replaced: int = 0
+    damaged_packs: dict[str, str] = field(default_factory=dict)
+    new_index: str = ""
+
+
+def rebuild_index(repo: Repository) -> RebuildReport:
+    """Write one index from the headers of all packs, superseding every index file (also
+    damaged ones). Runs beside backups: index files written meanwhile are kept."""
+    rep = RebuildReport()
+    with locks_of(repo).shared("rebuild-index"):
+        old = repo.list_index_files()
+        records = []
+        for pid, size in repo.list_packs():
+            try:
+                records.append(repo.read_pack_header(pid, size))
+            except (IntegrityError, BackendError, UnsupportedFormat) as err:
+                rep.damaged_packs[pack_name(pid)] = str(err)
+        rep.packs = len(records)
+        rep.blobs = sum(len(r.blobs) for r in records)
+        rep.new_index = repo.write_index(records, tuple(old))
+        for name in old:
+            if name != rep.new_index:
+                with contextlib.suppress(ObjectNotFound):
+                    repo.backend.delete(f"index/{name}")
+                rep.index_files_replaced += 1
+    return rep
 
 
 def prune(repo: Repository, *, dry_run: bool = False, progress: Progress | None = None) -> PruneReport:
