@@ -181,6 +181,21 @@ def test_check_and_restore_report_damage_with_exit_code(tmp_path: Path, src: Pat
     assert "damaged:" in proc.stderr
 
 
+def test_damaged_index_is_repaired_by_rebuild_index(tmp_path: Path, src: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {"CARGOHOLD_REPO": str(repo)}
+    run("init", env=env)
+    run("backup", "--path", str(src), env=env)
+    for p in (repo / "index").iterdir():
+        p.write_bytes(p.read_bytes()[:-5])
+    proc = run("check", env=env, ok=False)
+    assert proc.returncode == exit_codes.INTEGRITY and "damaged: index index/" in proc.stdout
+    run("restore", "latest", "--target", str(tmp_path / "out"), env=env)
+    assert (tmp_path / "out" / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    assert "replaced 1 index file(s)" in run("rebuild-index", env=env).stdout
+    assert "no errors" in run("check", "--read-data", env=env).stdout
+
+
 def test_skip_if_unchanged_says_so(tmp_path: Path, src: Path) -> None:
     env = {"CARGOHOLD_REPO": str(tmp_path / "repo")}
     run("init", env=env)

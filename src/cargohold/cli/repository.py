@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cargohold.cli import exit_codes
+from cargohold.cli import docker_state, exit_codes
 from cargohold.cli.common import (
     JsonOpt,
     PasswordFileOpt,
@@ -28,9 +28,11 @@ from cargohold.cli.common import (
 )
 from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.errors import UsageError
+from cargohold.model.consistency import Mode
 from cargohold.repo.retention import Policy, parse_duration
 from cargohold.repo.tree import DIR, FILE, SYMLINK, Node
 from cargohold.services import repository as svc
+from cargohold.services.docker_sources import Via
 
 
 def _node_json(path: str, n: Node) -> dict[str, Any]:
@@ -71,7 +73,28 @@ def init(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
 
 
 def backup(
-    path: Annotated[str, typer.Option("--path", help="Directory to back up.", metavar="DIR")],
+    ctx: typer.Context,
+    volumes: Annotated[
+        list[str] | None, typer.Argument(help="Docker volumes to back up (or use --container/--project/--all).")
+    ] = None,
+    path: Annotated[str | None, typer.Option("--path", help="A directory to back up.", metavar="DIR")] = None,
+    container: Annotated[
+        list[str] | None, typer.Option("--container", "-c", help="Every volume and bind mount of this container.")
+    ] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Every volume and bind mount of this compose project.")
+    ] = None,
+    all_volumes: Annotated[
+        bool, typer.Option("--all", help="Every volume in use, and dangling volumes that hold data.")
+    ] = False,
+    binds: Annotated[bool, typer.Option("--binds", help="With --all: bind mounts too.")] = False,
+    via: Annotated[
+        Via, typer.Option("--via", help="Read volumes directly from the mountpoint, through the Engine API, or auto.")
+    ] = Via.AUTO,
+    consistency: Annotated[
+        Mode | None,
+        typer.Option("--consistency", help="Override every container's cargohold.consistency: none|pause|stop|dump."),
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the snapshot (repeatable).")] = None,
     ignore_inode: Annotated[
         bool, typer.Option("--ignore-inode", help="Compare only size and mtime with the previous snapshot.")
@@ -84,7 +107,30 @@ def backup(
     json: JsonOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
-    """Back up a directory into a new snapshot."""
+    """Back up Docker volumes, bind mounts, containers or compose projects — or a directory (--path)."""
+    docker_selection = bool(volumes or container or project or all_volumes)
+    if path is None:
+        if not docker_selection:
+            raise UsageError("say what to back up: VOLUME names, --container, --project, --all, or --path DIR")
+        docker_state.backup_docker(
+            ctx,
+            volumes=volumes or [],
+            containers=container or [],
+            project=project,
+            all_volumes=all_volumes,
+            binds=binds,
+            via=via,
+            consistency=consistency,
+            tags=tag or [],
+            skip_if_unchanged=skip_if_unchanged,
+            repo=repo,
+            password_file=password_file,
+            json=json,
+            progress=progress,
+        )
+        return
+    if docker_selection:
+        raise UsageError("--path backs up a directory: do not combine it with volumes, --container, --project or --all")
     with open_repo(repo, password_file) as r:
         res = svc.backup(
             r,
@@ -205,19 +251,59 @@ def diff(
 
 
 def restore(
+    ctx: typer.Context,
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix or 'latest'.")],
-    target: Annotated[str, typer.Option("--target", help="Directory to restore into.", metavar="DIR")],
+    target: Annotated[str | None, typer.Option("--target", help="Directory to restore into.", metavar="DIR")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Docker volume to restore into (created when missing).", metavar="VOLUME")
+    ] = None,
     include: Annotated[
         list[str] | None, typer.Option("--include", help="Only this path of the snapshot (repeatable).")
     ] = None,
     source: Annotated[
         str | None, typer.Option("--source", help="With 'latest': the newest snapshot of this source.")
     ] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="With --to: the target engine's URL (default: -H/DOCKER_HOST).")
+    ] = None,
+    path: Annotated[str | None, typer.Option("--path", help="With --to: only this path of the snapshot.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --to: replace a non-empty volume (after a safety snapshot).")
+    ] = False,
+    restart_containers: Annotated[
+        bool, typer.Option("--restart-containers", help="With --to: stop and restart containers using the volume.")
+    ] = False,
+    via: Annotated[Via, typer.Option("--via", help="With --to: write directly, through the Engine API, or auto.")] = (
+        Via.AUTO
+    ),
     repo: RepoOpt = None,
     password_file: PasswordFileOpt = None,
+    json: JsonOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
-    """Restore a snapshot, byte-exact with owners, modes, times, xattrs, links and holes."""
+    """Restore a snapshot into a directory (--target) or a Docker volume (--to)."""
+    if (target is None) == (to is None):
+        raise UsageError("give exactly one of --target DIR or --to VOLUME")
+    if to is not None:
+        if include:
+            raise UsageError("with --to, use --path SUBPATH to restore part of the snapshot")
+        docker_state.restore_to_volume(
+            ctx,
+            snapshot=snapshot,
+            to=to,
+            engine=engine,
+            path=path,
+            force=force,
+            restart_containers=restart_containers,
+            via=via,
+            source=source,
+            repo=repo,
+            password_file=password_file,
+            json=json,
+            progress=progress,
+        )
+        return
+    assert target is not None
     with open_repo(repo, password_file) as r:
         snap, res = svc.restore(
             r, snapshot, target, include=include or [], source=source, progress=progress_for(progress)
@@ -484,6 +570,23 @@ def key_passwd(
     print(f"password changed (new key {sid})")
 
 
+def rebuild_index(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
+    """Rewrite the index from the headers of all packs (after `check` reports a damaged index)."""
+    with open_repo(repo, password_file) as r:
+        rep = svc.rebuild_index(r)
+    if json:
+        print_json(rep.__dict__)
+    else:
+        print(
+            f"indexed {rep.blobs} blobs of {rep.packs} packs into index {rep.new_index[:12]}; "
+            f"replaced {rep.index_files_replaced} index file(s)"
+        )
+        for name, msg in sorted(rep.damaged_packs.items()):
+            print(f"damaged: {name}: {msg}")
+    if rep.damaged_packs:
+        raise typer.Exit(exit_codes.INTEGRITY)
+
+
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("backup")(backup)
@@ -496,4 +599,5 @@ def register(app: typer.Typer) -> None:
     app.command("prune")(prune)
     app.command("stats")(stats)
     app.command("unlock")(unlock)
+    app.command("rebuild-index")(rebuild_index)
     app.add_typer(key_app, name="key")
