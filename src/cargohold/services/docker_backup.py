@@ -67,6 +67,7 @@ class SourceResult:
     dumps: list[DumpFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    exception: CargoholdError | None = None
     seconds: float = 0.0
 
 
@@ -222,7 +223,7 @@ class DockerBackup:
                 res.result = self._read(source, via, path, meta, res, parents, extra)
             self._finish(res, window)
         except CargoholdError as err:
-            res.error = str(err)
+            res.error, res.exception = str(err), err
         finally:
             shutil.rmtree(spool, ignore_errors=True)
             res.seconds = time.monotonic() - started
