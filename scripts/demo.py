@@ -1,18 +1,28 @@
 #!/usr/bin/env python3
-"""`make demo`: start a sample stateful app on the local engine and show what cargohold sees.
+"""`make demo`: the main job of cargohold, end to end, on the local engine.
 
-The app is a small compose-style project ``cargohold-demo`` (labels as compose sets them):
-  * ``db``    — PostgreSQL 15 (local test image) with its data in the named volume
-                ``cargohold-demo_pgdata``; a table with a few rows is written into it;
-  * ``cache`` — busybox with an anonymous volume on /cache, a bind mount of ./.demo/uploads on
-                /uploads and a tmpfs on /run/cache.
-Re-running replaces the previous demo app. ``python scripts/demo.py --down`` removes it.
+1. Start a small compose-style project ``cargohold-demo`` (labels as compose sets them):
+   * ``db``    — PostgreSQL 15 (local test image), data in the named volume ``cargohold-demo_pgdata``,
+                 labelled ``cargohold.consistency=stop`` and ``cargohold.dump=postgres``; 1000 rows;
+   * ``cache`` — busybox with an anonymous volume on /cache, a bind mount of ./.demo/uploads on
+                 /uploads and a tmpfs on /run/cache.
+2. Show the inventory (``cargohold volumes`` / ``mounts``).
+3. Back the project up into the demo repository (./.demo/repo): the database stopped while its
+   files are read, plus a pg_dumpall taken just before.
+4. Lose everything: remove the containers and their volumes (``docker compose down -v``).
+5. Restore the volume from the repository, start PostgreSQL on it, and check the rows.
+6. Verify the snapshot (restore into a scratch volume and compare every file).
+
+Re-running starts over. ``python scripts/demo.py --down`` removes the app (the repository stays).
+The demo repository's password is ``demo`` — for this demo only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +38,8 @@ POSTGRES_IMAGE = "cargohold-test/postgres:latest"
 BUSYBOX_IMAGE = "cargohold-test/busybox:latest"
 ROOT = Path(__file__).resolve().parent.parent
 WORKDIR = ROOT / ".demo"
+REPO = WORKDIR / "repo"
+PGDATA = f"{PROJECT}_pgdata"
 
 
 def compose_labels(service: str) -> dict[str, str]:
@@ -68,6 +80,29 @@ def wait_for_postgres(docker: DockerPort, container: str, timeout: float = 60.0)
     raise SystemExit("demo: PostgreSQL did not become ready:\n" + docker.logs(container))
 
 
+def start_db(docker: DockerPort) -> str:
+    labels = {**compose_labels("db"), "cargohold.consistency": "stop", "cargohold.dump": "postgres"}
+    db = docker.create_container(
+        POSTGRES_IMAGE,
+        name=f"{PROJECT}-db-1",
+        mounts=[{"Type": "volume", "Source": PGDATA, "Target": "/var/lib/postgresql/data"}],
+        labels=labels,
+    )
+    docker.start(db)
+    return db
+
+
+def step(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def cli(*args: str) -> None:
+    print(f"$ cargohold {' '.join(args)}", flush=True)
+    code = cargohold(list(args))
+    if code != 0:
+        raise SystemExit(f"demo: `cargohold {' '.join(args)}` failed with exit code {code}")
+
+
 def up(docker: DockerPort) -> None:
     for image in (POSTGRES_IMAGE, BUSYBOX_IMAGE):
         if not docker.image_exists(image):
@@ -90,7 +125,7 @@ def up(docker: DockerPort) -> None:
         "volumes:\n"
         "  pgdata: {}\n"
     )
-    pgdata = f"{PROJECT}_pgdata"
+    pgdata = PGDATA
     docker.create_volume(
         pgdata,
         labels={
@@ -99,13 +134,7 @@ def up(docker: DockerPort) -> None:
             DEMO_LABEL: "1",
         },
     )
-    db = docker.create_container(
-        POSTGRES_IMAGE,
-        name=f"{PROJECT}-db-1",
-        mounts=[{"Type": "volume", "Source": pgdata, "Target": "/var/lib/postgresql/data"}],
-        labels=compose_labels("db"),
-    )
-    docker.start(db)
+    db = start_db(docker)
     cache = docker.create_container(
         BUSYBOX_IMAGE,
         name=f"{PROJECT}-cache-1",
@@ -126,26 +155,54 @@ def up(docker: DockerPort) -> None:
     print(f"demo: {PROJECT}-cache-1 keeps /cache in an anonymous volume, /uploads on a bind mount\n")
 
 
+def main_job(docker: DockerPort) -> None:
+    step("1. the sample app: PostgreSQL with a named volume, a cache with an anonymous volume and a bind mount")
+    up(docker)
+    step("2. where its state lives")
+    cli("volumes", "--project", PROJECT)
+    cli("mounts", "--project", PROJECT)
+    step("3. back the project up (PostgreSQL stopped while its files are read, plus a pg_dumpall)")
+    if REPO.exists():
+        shutil.rmtree(REPO)
+    cli("init")
+    cli("backup", "--project", PROJECT)
+    before = psql(docker, f"{PROJECT}-db-1", "SELECT count(*), sum(id) FROM orders")
+    step("4. lose it: containers and volumes removed (like `docker compose down -v`)")
+    down(docker)
+    print(f"volume {PGDATA} exists: {any(v.name == PGDATA for v in docker.list_volumes())}")
+    step("5. restore the database volume and start PostgreSQL on it")
+    cli("restore", "latest", "--source", PGDATA, "--to", PGDATA)
+    db = start_db(docker)
+    wait_for_postgres(docker, db)
+    after = psql(docker, db, "SELECT count(*), sum(id) FROM orders")
+    verdict = "MATCH" if after == before else "DIFFER"
+    print(f"rows before: {before}  after restore: {after}  -> {verdict}")
+    if after != before:
+        raise SystemExit("demo: the restored rows differ")
+    step("6. prove the snapshot restores: restore into a scratch volume and compare every file")
+    cli("verify", "--latest", "--source", PGDATA)
+    cli("snapshots")
+
+
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--down", action="store_true", help="remove the demo app and its volumes")
     args = parser.parse_args(argv)
     docker = connect()
+    os.environ["CARGOHOLD_REPO"] = str(REPO)
+    os.environ["CARGOHOLD_PASSWORD"] = "demo"
+    started = time.monotonic()
     try:
         if args.down:
             down(docker)
             print("demo: removed")
             return 0
-        up(docker)
+        main_job(docker)
     except CargoholdError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
-    print(f"$ cargohold volumes --project {PROJECT}")
-    code = cargohold(["volumes", "--project", PROJECT])
-    print(f"\n$ cargohold mounts --project {PROJECT}")
-    return code or cargohold(["mounts", "--project", PROJECT])
+    print(f"\ndemo: done in {time.monotonic() - started:.0f} s — the app runs again from its restored volume")
+    return 0
 
 
 if __name__ == "__main__":

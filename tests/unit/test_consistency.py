@@ -88,3 +88,9 @@ def test_strongest() -> None:
     assert strongest([Mode.NONE, Mode.DUMP]) is Mode.DUMP
     assert strongest([Mode.PAUSE, Mode.STOP, Mode.NONE]) is Mode.STOP
     assert strongest([]) is Mode.NONE
+
+
+def test_explicit_dump_label_adds_a_dump_to_stop() -> None:
+    d = decide("db", "postgres:15", {"cargohold.consistency": "stop", "cargohold.dump": "postgres"})
+    assert d.mode is Mode.STOP and d.dump is DumpKind.POSTGRES
+    assert decide("db", "postgres:15", {"cargohold.consistency": "stop"}).dump is None

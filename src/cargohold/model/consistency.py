@@ -6,7 +6,8 @@ A container says what it wants through labels (or the caller passes a choice):
 * ``cargohold.pre`` / ``cargohold.post`` — commands run with ``sh -c`` inside the container
   before and after its volumes are read (a failing pre-hook aborts that backup);
 * ``cargohold.dump`` = ``postgres`` | ``mysql`` | ``redis`` | ``sqlite`` — which dump, when the
-  image is not recognised;
+  image is not recognised; with ``stop`` or ``pause`` it adds that dump, taken while the
+  container still runs, to the consistent copy of the files;
 * offen/docker-volume-backup's labels, so its users can switch without relabelling:
   ``docker-volume-backup.stop-during-backup`` (any value but ``false``) means ``stop``,
   ``docker-volume-backup.archive-pre`` / ``archive-post`` are the hooks.
@@ -179,7 +180,8 @@ def decide(
         )
     return Decision(
         mode=mode,
-        dump=dump if mode is Mode.DUMP else None,
+        # an explicit cargohold.dump adds a dump to a stop/pause backup of the files
+        dump=dump if mode is Mode.DUMP or LABEL_DUMP in labels else None,
         pre_hook=pre,
         post_hook=post,
         reason=reason,

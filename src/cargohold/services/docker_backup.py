@@ -199,7 +199,7 @@ class DockerBackup:
             def take_dumps() -> None:
                 """Dumps while everything still runs; stored before any container is frozen."""
                 for p in participants:
-                    if p.decision.mode is Mode.DUMP and p.decision.dump is not None:
+                    if p.decision.dump is not None:
                         user = next(u for u in source.users if u.container.id == p.container.id)
                         taken = dump(
                             self.docker,
