@@ -63,7 +63,7 @@ def _root(
 
 
 #: Command modules, each with a ``register(app)``. Modules still being built may be absent.
-_COMMAND_MODULES = ("inventory", "repository", "audit", "docker_state")
+_COMMAND_MODULES = ("inventory", "repository", "audit", "docker_state", "migrate")
 
 
 def _register_commands() -> None:
