@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cargohold.audit.backups import BackupRecord
 from cargohold.cli.app import app
+from cargohold.model.backups import BackupRecord
 from cargohold.model.consistency import Mode
 from cargohold.repo import verifications
 from cargohold.repo.snapshot import Snapshot, Source

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cargohold.audit.backups import BackupPolicy, BackupRecord, index_from_snapshots
 from cargohold.audit.findings import Finding, Severity
 from cargohold.audit.model import AuditInput, Mount, StoreKind, VolumeFact, Workload, WritableLayer
 from cargohold.audit.rules import RULES, run
+from cargohold.model.backups import BackupPolicy, BackupRecord, index_from_snapshots
 from cargohold.model.consistency import Mode
 from cargohold.repo.snapshot import Snapshot, Source
 

@@ -4,7 +4,7 @@
 * :mod:`~cargohold.audit.model` — what rules look at (workloads, mounts, volumes);
 * :mod:`~cargohold.audit.rules` — the rules, pure functions with stable ids;
 * :mod:`~cargohold.audit.collect_files` / :mod:`~cargohold.audit.collect_live` — inputs;
-* :mod:`~cargohold.audit.backups` — backup facts the backup rules judge;
+* :mod:`~cargohold.model.backups` — backup facts the backup rules judge;
 * :mod:`~cargohold.audit.sarif`, :mod:`~cargohold.audit.fix` — SARIF output, ``--fix``.
 
 The use cases are in :mod:`cargohold.services.audit`.

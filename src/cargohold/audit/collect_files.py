@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-from cargohold.audit.backups import BackupIndex, BackupPolicy
 from cargohold.audit.knowledge import lookup
 from cargohold.audit.model import AuditInput, Mount, StoreKind, VolumeFact, Workload
 from cargohold.compose.model import ComposeProject, Service, ServiceVolume, VolumeType
+from cargohold.model.backups import BackupIndex, BackupPolicy
 
 
 def _mount(project: ComposeProject, v: ServiceVolume, path_exists: Callable[[str], bool | None]) -> Mount:

@@ -18,11 +18,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from cargohold.audit.backups import BackupIndex, BackupPolicy
 from cargohold.audit.knowledge import lookup
 from cargohold.audit.model import AuditInput, Mount, StoreKind, VolumeFact, Workload, WritableLayer
 from cargohold.docker.port import DockerPort
 from cargohold.errors import DockerError, DockerNotFound
+from cargohold.model.backups import BackupIndex, BackupPolicy
 from cargohold.model.engine import ContainerInfo, EngineInfo, FileChange, ImageInfo, MountType
 from cargohold.model.inventory import (
     COMPOSE_PROJECT,

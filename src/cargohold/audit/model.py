@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from cargohold.audit.backups import BackupIndex, BackupPolicy
+from cargohold.model.backups import BackupIndex, BackupPolicy
 from cargohold.model.engine import MountInfo, MountType
 from cargohold.model.inventory import VolumeKind, declared_coverage
 

@@ -14,10 +14,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
-from cargohold.audit.backups import BackupRecord
 from cargohold.audit.findings import Finding, Rule, Severity
 from cargohold.audit.knowledge import StatefulImage, data_paths, image_paths, lookup
 from cargohold.audit.model import AuditInput, Mount, StoreKind, VolumeFact, Workload
+from cargohold.model.backups import BackupRecord
 from cargohold.model.consistency import LABEL_MODE, OFFEN_STOP, Mode
 
 H, M, L, INFO = Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.INFO

@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 from cargohold import __version__
-from cargohold.audit.backups import BackupIndex, BackupPolicy
 from cargohold.audit.findings import Finding, Severity
 from cargohold.audit.sarif import to_sarif
 from cargohold.cli import exit_codes
 from cargohold.cli.context import state
 from cargohold.cli.output import err_console, human_bytes, print_json, print_table, stdout_is_tty
 from cargohold.errors import UsageError
+from cargohold.model.backups import BackupIndex, BackupPolicy
 from cargohold.services import audit as svc
 
 REPO_ENV = "CARGOHOLD_REPO"

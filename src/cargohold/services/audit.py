@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.audit import collect_files, collect_live, rules
-from cargohold.audit.backups import BackupIndex, BackupPolicy, BackupRecord, index_from_snapshots
 from cargohold.audit.findings import Finding, Severity
 from cargohold.audit.fix import FilePatch, plan_fixes
 from cargohold.compose.loader import load_project
 from cargohold.compose.model import ComposeProject
 from cargohold.docker.port import DockerPort
 from cargohold.errors import DockerNotFound
+from cargohold.model.backups import BackupIndex, BackupPolicy, BackupRecord, index_from_snapshots
 from cargohold.model.engine import EngineInfo
 
 SCHEMA_VERSION = 1

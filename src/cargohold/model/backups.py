@@ -8,7 +8,7 @@ The audit takes them as a plain mapping (:data:`BackupIndex`: volume name →
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ class BackupRecord:
     #: Consistency mode of the newest backup, None when unknown.
     consistency: Mode | None = None
     snapshot_id: str = ""
+    #: Time and outcome of the newest verification of any of the volume's snapshots, passed or not.
+    last_verify: datetime | None = None
+    last_verify_ok: bool | None = None
 
 
 #: Volume (engine name) → its backup state. Volumes absent from it were never backed up.
@@ -113,14 +116,26 @@ def index_from_snapshots(
     ``verifications`` (successful ones count) give each volume its last verification time.
     """
     out = _index(snapshots)
-    newest: dict[str, datetime] = {}
+    newest_ok: dict[str, datetime] = {}
+    newest_any: dict[str, VerificationLike] = {}
     for v in verifications:
-        if v.ok and v.source_kind == "volume" and (v.source_name not in newest or v.time > newest[v.source_name]):
-            newest[v.source_name] = v.time
-    for name, when in newest.items():
-        rec = out.get(name)
-        if rec is not None and (rec.last_verified is None or when > rec.last_verified):
-            out[name] = BackupRecord(rec.last_backup, when, rec.consistency, rec.snapshot_id)
+        if v.source_kind != "volume":
+            continue
+        if v.ok and (v.source_name not in newest_ok or v.time > newest_ok[v.source_name]):
+            newest_ok[v.source_name] = v.time
+        if v.source_name not in newest_any or v.time > newest_any[v.source_name].time:
+            newest_any[v.source_name] = v
+    for name, rec in list(out.items()):
+        when = newest_ok.get(name)
+        last = newest_any.get(name)
+        out[name] = replace(
+            rec,
+            last_verified=when
+            if when is not None and (rec.last_verified is None or when > rec.last_verified)
+            else rec.last_verified,
+            last_verify=last.time if last is not None else None,
+            last_verify_ok=last.ok if last is not None else None,
+        )
     return out
 
 
