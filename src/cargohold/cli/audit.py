@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from datetime import timedelta
@@ -14,6 +13,7 @@ from cargohold import __version__
 from cargohold.audit.findings import Finding, Severity
 from cargohold.audit.sarif import to_sarif
 from cargohold.cli import exit_codes
+from cargohold.cli.common import backup_index
 from cargohold.cli.context import state
 from cargohold.cli.output import err_console, human_bytes, print_json, print_table, stdout_is_tty
 from cargohold.errors import UsageError
@@ -34,24 +34,8 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
 
 
-def _password(password_file: str | None) -> str:
-    if password_file:
-        try:
-            with open(password_file, encoding="utf-8") as fh:
-                return fh.readline().rstrip("\r\n")
-        except OSError as err:
-            raise UsageError(f"cannot read password file {password_file}: {err.strerror}") from None
-    value = os.environ.get(PASSWORD_ENV)
-    if value:
-        return value
-    raise UsageError("the repository needs a password", hint=f"set {PASSWORD_ENV} or use --password-file FILE")
-
-
 def _backups(repo: str | None, password_file: str | None) -> BackupIndex | None:
-    url = repo or os.environ.get(REPO_ENV)
-    if not url:
-        return None
-    return svc.backups_from_repository(url, _password(password_file))
+    return backup_index(repo, password_file, only_named=True)
 
 
 def _where(f: Finding) -> str:

@@ -14,6 +14,7 @@ import typer
 
 from cargohold.cli.output import err_console
 from cargohold.errors import UsageError
+from cargohold.model.backups import BackupIndex
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
 from cargohold.services import repository as svc
@@ -145,3 +146,26 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
             "duration": s.stats.duration,
         },
     }
+
+
+def backup_index(repo: str | None, password_file: str | None, *, only_named: bool = False) -> BackupIndex | None:
+    """The repository's backup index (newest backup and verification per volume), or None.
+
+    Read when a repository is named (``--repo``, ``CARGOHOLD_REPO``) — or, unless ``only_named``,
+    when the default one exists — and a password is at hand without asking (inventory and
+    audit never prompt). A named repository without a password is an error.
+    """
+    from cargohold.services.audit import backups_from_repository
+
+    named = repo or os.environ.get(svc.REPO_ENV)
+    url = svc.resolve_repo_url(repo)
+    if not named and (only_named or not os.path.exists(os.path.join(url, "config"))):
+        return None
+    if not password_file and os.environ.get(svc.PASSWORD_ENV) is None:
+        if not named:
+            return None
+        raise UsageError(
+            f"reading backups from {url} needs its password",
+            hint=f"set {svc.PASSWORD_ENV} or use --password-file FILE",
+        )
+    return backups_from_repository(url, password(password_file))

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
+from cargohold.cli.common import PasswordFileOpt, RepoOpt, backup_index
 from cargohold.cli.context import state
 from cargohold.cli.output import human_bytes, print_json, print_table, stdout_is_tty
+from cargohold.errors import CargoholdError
 from cargohold.model.engine import EngineInfo
-from cargohold.model.inventory import SCHEMA_VERSION, ContainerEntry, MountEntry, VolumeEntry, VolumeKind
+from cargohold.model.inventory import (
+    SCHEMA_VERSION,
+    ContainerEntry,
+    MountEntry,
+    VolumeEntry,
+    VolumeKind,
+    with_backups,
+)
 from cargohold.services import inventory
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print stable JSON (see README) instead of a table.")]
-ProjectOpt = Annotated[
-    str | None, typer.Option("--project", "-p", help="Only this compose project.", metavar="NAME")
-]
+ProjectOpt = Annotated[str | None, typer.Option("--project", "-p", help="Only this compose project.", metavar="NAME")]
 
 
 def _engine_json(engine: EngineInfo) -> dict[str, Any]:
@@ -41,15 +50,55 @@ def _users(entry: VolumeEntry) -> str:
     return ", ".join(f"{u.name}:{u.mount_path}{' (ro)' if u.read_only else ''}" for u in entry.users)
 
 
-def volumes(ctx: typer.Context, json: JsonOpt = False, project: ProjectOpt = None) -> None:
-    """List every volume: kind, size, compose project, users and risk flags."""
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    secs = max(0, int((now - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"
+
+
+def _backup_cells(entry: VolumeEntry, now: datetime) -> list[str]:
+    rec = entry.backup
+    if rec is None:
+        return ["never", "-"]
+    verified = "never"
+    if rec.last_verify is not None:
+        verified = f"{'ok' if rec.last_verify_ok else 'FAILED'} {_ago(rec.last_verify, now)}"
+    return [_ago(rec.last_backup, now), verified]
+
+
+def volumes(
+    ctx: typer.Context,
+    json: JsonOpt = False,
+    project: ProjectOpt = None,
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    no_backups: Annotated[bool, typer.Option("--no-backups", help="Do not read backups from the repository.")] = False,
+) -> None:
+    """List every volume: kind, size, compose project, users, risk flags, last backup and verification.
+
+    Backups are read from the repository (--repo, CARGOHOLD_REPO or the default one) when its
+    password is at hand (CARGOHOLD_PASSWORD or --password-file); this command never asks for it.
+    """
     report = inventory.volume_report(state(ctx).docker(), project=project)
+    index = None
+    if not no_backups:
+        try:
+            index = backup_index(repo, password_file)
+        except CargoholdError as err:  # the inventory is still worth showing
+            print(f"cargohold: backups not shown: {err}", file=sys.stderr)
+    entries = with_backups(report.volumes, index) if index is not None else report.volumes
+    now = datetime.now(UTC)
     if json:
         print_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "engine": _engine_json(report.engine),
-                "volumes": [v.to_json() for v in report.volumes],
+                "backups_read": index is not None,
+                "volumes": [v.to_json(now=now) for v in entries],
             }
         )
         return
@@ -63,11 +112,13 @@ def volumes(ctx: typer.Context, json: JsonOpt = False, project: ProjectOpt = Non
             v.compose_project or "-",
             _users(v),
             ",".join(f.value for f in v.flags) or "-",
+            *(_backup_cells(v, now) if index is not None else []),
         ]
-        for v in report.volumes
+        for v in entries
     ]
+    headers = ["name", "kind", "driver", "size", "project", "used by", "flags"]
     print_table(
-        ["name", "kind", "driver", "size", "project", "used by", "flags"],
+        headers + (["last backup", "verified"] if index is not None else []),
         rows,
         title=f"{len(rows)} volumes on {report.engine.name} ({report.engine.host})" if tty else None,
     )

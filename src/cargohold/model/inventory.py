@@ -11,10 +11,12 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cargohold.model.backups import BackupIndex, BackupRecord
 from cargohold.model.engine import ContainerInfo, ImageInfo, MountInfo, MountType, VolumeInfo
 
 #: JSON schema versions of the inventory documents (bump on incompatible change).
@@ -107,9 +109,12 @@ class VolumeEntry:
     compose_volume: str | None
     users: tuple[VolumeUser, ...]
     flags: tuple[Flag, ...]
+    #: The volume's newest backup and verification, when a repository was consulted.
+    backup: BackupRecord | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, now: datetime | None = None) -> dict[str, Any]:
         return {
+            "backup": backup_json(self.backup, now) if self.backup is not None else None,
             "name": self.name,
             "driver": self.driver,
             "kind": self.kind.value,
@@ -127,6 +132,23 @@ class VolumeEntry:
             "containers": [u.to_json() for u in self.users],
             "flags": [f.value for f in self.flags],
         }
+
+
+def backup_json(rec: BackupRecord, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    return {
+        "last_backup": rec.last_backup.isoformat() if rec.last_backup else None,
+        "age_seconds": int((now - rec.last_backup).total_seconds()) if rec.last_backup else None,
+        "snapshot": rec.snapshot_id or None,
+        "consistency": rec.consistency.value if rec.consistency else None,
+        "last_verify": rec.last_verify.isoformat() if rec.last_verify else None,
+        "last_verify_ok": rec.last_verify_ok,
+    }
+
+
+def with_backups(entries: Iterable[VolumeEntry], index: BackupIndex) -> list[VolumeEntry]:
+    """The entries with each volume's backup record (None when never backed up)."""
+    return [replace(e, backup=index.get(e.name)) for e in entries]
 
 
 def _flags(kind: VolumeKind, users: tuple[VolumeUser, ...], size: int | None) -> tuple[Flag, ...]:
