@@ -16,7 +16,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -132,6 +132,9 @@ class Repository:
         self._inflight: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {t: PackBuilder(t) for t in BlobType}
         self._unindexed: list[PackRecord] = []
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: list[Future[None]] = []
+        self._write_slot = threading.Semaphore(1)
         self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
         self.added_bytes = 0
         self.added_raw_bytes = 0
@@ -184,6 +187,8 @@ class Repository:
         return repo
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._drain_writes()
         self.backend.close()
 
     # --- ids and blobs --------------------------------------------------------------
@@ -224,7 +229,7 @@ class Repository:
                 full = b
                 self._builders[btype] = PackBuilder(btype)
         if full is not None:
-            self._write_pack(full)
+            self._queue_pack(full)
 
     def add_encoded_many(self, btype: BlobType, blobs: list[tuple[bytes, bytes, int]]) -> None:
         """:meth:`add_encoded` for ``(id, stored, raw length)`` items, taking the lock once
@@ -246,7 +251,7 @@ class Repository:
                         self._builders[btype] = PackBuilder(btype)
                         break
             if full is not None:
-                self._write_pack(full)
+                self._queue_pack(full)
 
     def save_blob(self, btype: BlobType, data: bytes) -> bytes:
         """Store a blob (if new) and return its id."""
@@ -259,6 +264,50 @@ class Repository:
                 raise
             self.add_encoded(btype, bid, stored, len(data))
         return bid
+
+    def _queue_pack(self, builder: PackBuilder) -> None:
+        """Write a full pack on the pack-writer thread, so the thread that filled it goes
+        back to compressing while the pack is written and fsync'd. At most one pack waits or
+        is being written at a time (bounded memory); errors surface on the next call or in
+        :meth:`flush`."""
+        self._raise_write_errors()
+        self._write_slot.acquire()
+        try:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="ch-pack")
+                fut = self._writer.submit(self._write_pack_released, builder)
+                self._writes.append(fut)
+        except BaseException:
+            self._write_slot.release()
+            raise
+
+    def _write_pack_released(self, builder: PackBuilder) -> None:
+        try:
+            self._write_pack(builder)
+        finally:
+            self._write_slot.release()
+
+    def _raise_write_errors(self, *, wait: bool = False) -> None:
+        with self._lock:
+            writes = self._writes
+            if wait:
+                self._writes = []
+            else:
+                self._writes = [f for f in writes if not f.done()]
+                writes = [f for f in writes if f.done()]
+        for fut in writes:
+            fut.result()  # re-raises the writer's error here
+
+    def _drain_writes(self) -> None:
+        """Wait for the pack writer; raise its first error."""
+        try:
+            self._raise_write_errors(wait=True)
+        finally:
+            with self._lock:
+                writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.shutdown(wait=True)
 
     def _write_pack(self, builder: PackBuilder) -> None:
         pack_id, data, rec = builder.finish(self.cipher)
@@ -274,6 +323,7 @@ class Repository:
 
     def flush(self) -> list[str]:
         """Write open packs, then an index file for every pack not yet indexed."""
+        self._drain_writes()
         with self._lock:
             builders = [b for b in self._builders.values() if len(b)]
             self._builders = {t: PackBuilder(t) for t in BlobType}
