@@ -31,8 +31,11 @@ from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
+#: Read a span of a pack at once when at least this share of it is needed.
 _DENSE = 0.5
-_MAX_FDS = 64  # read a span of a pack at once when at least this share of it is needed
+_MAX_FDS = 64
+#: Largest ranged read of a pack (bounds memory: each worker holds one such range).
+_MAX_READ = 4 * 1024 * 1024
 
 
 @dataclass
@@ -283,7 +286,8 @@ class Restorer:
         needed = blobs[0][2]
         for b in blobs[1:]:
             g = groups[-1]
-            if needed + b[2] >= _DENSE * (b[1] + b[2] - g[0][1]):
+            span = b[1] + b[2] - g[0][1]
+            if span <= _MAX_READ and needed + b[2] >= _DENSE * span:
                 g.append(b)
                 needed += b[2]
             else:
