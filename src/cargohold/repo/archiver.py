@@ -44,12 +44,15 @@ class BackupOptions:
     source: Source | None = None
     tags: list[str] = field(default_factory=list)
     parent: Snapshot | None = None
+    #: What the files cache compares with, when not the parent: an unsaved pre-pass of the
+    #: same directory (see :meth:`Archiver.prepass`).
+    reference: Snapshot | None = None
     #: Compare only size and mtime with the parent (sources without stable ctime/inode).
     ignore_inode: bool = False
     #: Do not write a snapshot when nothing changed since the parent (the result says so).
     skip_if_unchanged: bool = False
     workers: int = 2
-    max_inflight: int = 16 * 1024 * 1024
+    max_inflight: int = 8 * 1024 * 1024
     progress: Progress = field(default_factory=NullProgress)
     #: Extra trees stored with the snapshot (see :attr:`Snapshot.extra_trees`).
     extra_trees: dict[str, bytes] = field(default_factory=dict)
@@ -131,8 +134,35 @@ class Archiver:
 
     # --- public ---------------------------------------------------------------------
 
-    def run(self, path: str | os.PathLike[str]) -> BackupResult:
+    def run(self, path: str | os.PathLike[str], *, since: tuple[int, int, int] | None = None) -> BackupResult:
+        """Back up the directory and commit a snapshot.
+
+        ``since``: the repository's (added bytes, raw bytes, blobs) counters before a
+        :meth:`prepass`, so the snapshot's statistics count what both passes stored.
+        """
         started = time.monotonic()
+        counters = since or (self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs)
+        root, root_node, tree_id = self._build(path)
+        source = self.opts.source or Source("path", os.fsdecode(root))
+        return self._commit(root_node, tree_id, source, [os.fsdecode(root)], started, counters)
+
+    def prepass(self, path: str | os.PathLike[str]) -> Snapshot:
+        """Store the directory's new data and trees without committing a snapshot.
+
+        The result (unsaved, no id) is the ``reference`` of a second pass over the same
+        directory, which then reads only what changed in between: the way to back up a live
+        volume with a short stop — read everything while it runs, stop, read the rest.
+        """
+        root, root_node, tree_id = self._build(path)
+        self.repo.flush()
+        self.opts.progress.finish()
+        root_node.subtree = tree_id
+        return Snapshot(
+            tree=tree_id, time=datetime.now(UTC), source=Source("prepass", os.fsdecode(root)), root=root_node
+        )
+
+    def _build(self, path: str | os.PathLike[str]) -> tuple[bytes, Node, bytes]:
+        """Walk and store the directory; return its path, root node and tree id."""
         root = os.fsencode(os.path.abspath(path))
         try:
             st = os.stat(root)
@@ -140,16 +170,14 @@ class Archiver:
             raise UsageError(f"cannot back up {os.fsdecode(root)}: {err.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"{os.fsdecode(root)} is not a directory")
-        source = self.opts.source or Source("path", os.fsdecode(root))
-        parent = self.opts.parent
-        parent_tree = self.repo.load_tree(parent.tree) if parent is not None else None
-        bytes0, raw0, blobs0 = self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs
+        ref = self.opts.reference or self.opts.parent
+        ref_tree = self.repo.load_tree(ref.tree) if ref is not None else None
         tune_allocator()
         self.opts.progress.start("backup")
         self._file_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-read")
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         try:
-            tree_id = self._walk(root, parent_tree, parent.tree if parent is not None else None)
+            tree_id = self._walk(root, ref_tree, ref.tree if ref is not None else None)
         finally:
             self._file_pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True)
@@ -157,7 +185,7 @@ class Archiver:
             raise self._error
         root_node = node_from_stat(root, b"", st)
         assert root_node is not None
-        return self._commit(root_node, tree_id, source, [os.fsdecode(root)], started, (bytes0, raw0, blobs0))
+        return root, root_node, tree_id
 
     def _commit(
         self,
@@ -182,6 +210,7 @@ class Archiver:
         if (
             self.opts.skip_if_unchanged
             and parent is not None
+            and self.opts.reference is None  # compared with a pre-pass, not with the parent
             and not self._changed
             and not self.opts.extra_trees
             and parent.root is not None
