@@ -132,7 +132,7 @@ class TarArchiver(Archiver):
         source = self.opts.source or Source("tar", name)
         counters = (self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs)
         self.opts.progress.start("backup")
-        root_node, tree_id = self._build(chunks, name)
+        root_node, tree_id = self._build_tar(chunks, name)
         return self._commit(root_node, tree_id, source, [name], started, counters)
 
     def build_tree(self, chunks: Iterable[bytes], *, name: str) -> bytes:
@@ -141,10 +141,10 @@ class TarArchiver(Archiver):
         For trees that go into another snapshot (:attr:`Snapshot.extra_trees`). Until a
         snapshot refers to it, it is garbage for ``prune``, like any unfinished backup.
         """
-        _root, tree_id = self._build(chunks, name)
+        _root, tree_id = self._build_tar(chunks, name)
         return tree_id
 
-    def _build(self, chunks: Iterable[bytes], name: str) -> tuple[Node, bytes]:
+    def _build_tar(self, chunks: Iterable[bytes], name: str) -> tuple[Node, bytes]:
         parent = self.opts.parent
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         try:

@@ -72,6 +72,16 @@ class SourceResult:
 
 
 @dataclass
+class _BeforeFreeze:
+    """What is done while the containers still run: dumps, and the pre-pass over the files."""
+
+    extra_trees: dict[str, bytes] = field(default_factory=dict)
+    prepass: Snapshot | None = None
+    #: the repository's (added bytes, raw bytes, blobs) before the pre-pass
+    counters: tuple[int, int, int] | None = None
+
+
+@dataclass
 class RunReport:
     run_id: str
     results: list[SourceResult] = field(default_factory=list)
@@ -194,7 +204,7 @@ class DockerBackup:
         )
         spool = Path(tempfile.mkdtemp(prefix="cargohold-dumps-"))
         try:
-            extra: dict[str, bytes] = {}
+            before = _BeforeFreeze()
 
             def take_dumps() -> None:
                 """Dumps while everything still runs; stored before any container is frozen."""
@@ -213,14 +223,20 @@ class DockerBackup:
                         res.dumps += [replace(d, path=f"{p.container.name}/{d.path}") for d in taken]
                 if res.dumps:
                     # The dumps go into the same snapshot, as a tree of their own beside the files.
-                    extra[DUMPS_TREE] = TarArchiver(self.repo).build_tree(
+                    before.extra_trees[DUMPS_TREE] = TarArchiver(self.repo).build_tree(
                         directory_tar(spool), name=f"dumps of {source.label}"
                     )
+                if via is Via.DIRECT and path is not None and mode in (Mode.STOP, Mode.PAUSE):
+                    # Read everything while the containers still run; frozen, only what changed
+                    # since then is read again: the stop is as short as the last changes.
+                    before.counters = (self.repo.added_bytes, self.repo.added_raw_bytes, self.repo.added_blobs)
+                    opts = BackupOptions(parent=parents.get((source.kind.value, source.name)))
+                    before.prepass = Archiver(self.repo, opts).prepass(path)
 
             with self.quiescer.hold(
                 participants, purpose=f"backup of {source.label}", mode=mode, before_freeze=take_dumps
             ) as window:
-                res.result = self._read(source, via, path, meta, res, parents, extra)
+                res.result = self._read(source, via, path, meta, res, parents, before)
             self._finish(res, window)
         except CargoholdError as err:
             res.error, res.exception = str(err), err
@@ -237,7 +253,7 @@ class DockerBackup:
         meta: dict[str, Any],
         res: SourceResult,
         parents: dict[tuple[str, str], Snapshot],
-        extra: dict[str, bytes],
+        before: _BeforeFreeze,
     ) -> BackupResult:
         meta["dumps"] = [d.to_json() for d in res.dumps]
         snap_source = Source(source.kind.value, source.name, meta)
@@ -249,11 +265,12 @@ class DockerBackup:
             ignore_inode=False,
             skip_if_unchanged=self.request.skip_if_unchanged,
             progress=self.request.progress_factory(source.label),
-            extra_trees=extra,
+            extra_trees=before.extra_trees,
+            reference=before.prepass,
         )
         if via is Via.DIRECT:
             assert path is not None
-            return Archiver(self.repo, opts).run(path)
+            return Archiver(self.repo, opts).run(path, since=before.counters)
         mount: dict[str, object]
         if source.kind is SourceKind.VOLUME:
             mount = {"Type": "volume", "Source": source.name, "Target": HELPER_MOUNT, "ReadOnly": True}
