@@ -92,6 +92,13 @@ def test_bad_input_is_one_line(env: dict[str, str]) -> None:
     assert "not of a volume" in res.stderr
 
 
+def test_unreachable_target_engine(env: dict[str, str], resources: Resources) -> None:
+    vol = resources.volume("unreach")
+    run(env, "backup", vol)
+    res = run(env, "restore", "latest", "--source", vol, "--to", "chtest-x", "--engine", "tcp://127.0.0.1:9", code=3)
+    assert res.stderr.count("\n") == 1 and "cannot reach the Docker engine at tcp://127.0.0.1:9" in res.stderr
+
+
 def test_sigkill_during_stop_backup_then_any_command_restarts(
     env: dict[str, str], docker_port: SdkDocker, resources: Resources, busybox_image: str
 ) -> None:
