@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -25,6 +26,7 @@ from cargohold.backends.faults import ALL_OPS, FaultBackend, FaultCrash, FaultPl
 from cargohold.errors import CargoholdError
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.repository import Repository
+from cargohold.repo.retention import Policy
 from cargohold.services import repository as svc
 
 
@@ -113,6 +115,51 @@ def test_a_fault_at_every_operation_index_leaves_a_valid_repository(
                 new[res.snapshot.id] = digest_tree(small_source)
         # a snapshot that made it to the backend counts as committed even if the call failed later
         assert_healthy(backend, tmp_path / f"{kind}{i}", {**committed, **new}, small_source)
+
+
+def prune_base(tmp: Path) -> tuple[MemoryBackend, dict[str, dict[str, str]], Path]:
+    """A repository with garbage for prune: three backups of a changing tree, two forgotten."""
+    src = tmp / "psrc"
+    src.mkdir()
+    backend = MemoryBackend()
+    Repository.init(backend, "pw", kdf=KdfParams.FAST)
+    rng = random.Random(3)
+    snaps = []
+    for i in range(3):
+        # f0, f1 are written once and keep the first pack partly used; f2, f3 change every time
+        for j in (0, 1) if i == 0 else ():
+            (src / f"f{j}.bin").write_bytes(rng.randbytes(300_000))
+        for j in (2, 3):
+            (src / f"f{j}.bin").write_bytes(rng.randbytes(300_000))
+        snap = svc.backup(Repository.open(backend, "pw", load_index=False), src).snapshot
+        assert snap is not None
+        snaps.append(snap.id)
+    svc.forget(Repository.open(backend, "pw", load_index=False), Policy(last=1))
+    return backend, {snaps[-1]: digest_tree(src)}, src
+
+
+@pytest.mark.parametrize("kind", ["fail", "crash"])
+def test_a_fault_at_every_operation_of_a_prune_leaves_a_valid_repository(tmp_path: Path, kind: str) -> None:
+    base, committed, _ = prune_base(tmp_path)
+    probe = FaultBackend(copy_backend(base), FaultPlan())
+    report = svc.prune(Repository.open(probe, "pw", load_index=False))
+    assert report.packs_deleted > 0 and report.packs_repacked > 0
+    n = probe.count
+    for i in range(n + 1):
+        backend = copy_backend(base)
+        fb = FaultBackend(backend, FaultPlan(**{f"{kind}_at": i}))  # type: ignore[arg-type]
+        with contextlib.suppress(CargoholdError, FaultCrash):
+            svc.prune(Repository.open(fb, "pw", load_index=False))
+        healthy = Repository.open(backend, "pw", load_index=False)
+        assert svc.check(healthy, read_data=True).ok, i
+        for sid, expected in committed.items():
+            out = tmp_path / f"prune-{kind}-{i}"
+            _, res = svc.restore(Repository.open(backend, "pw", load_index=False), sid, out)
+            assert not res.damaged and digest_tree(out) == expected
+        svc.prune(Repository.open(backend, "pw", load_index=False))  # a later prune finishes the job
+        assert svc.check(Repository.open(backend, "pw", load_index=False), read_data=True).ok
+        stored = sum(o.size for o in backend.list("data/"))
+        assert stored <= sum(o.size for o in probe.inner.list("data/")) * 1.05
 
 
 def _backup_cmd(repo: Path, src: Path) -> list[str]:
