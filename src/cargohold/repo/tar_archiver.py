@@ -85,20 +85,26 @@ def _ns(pax_time: str) -> int:
     return int(Decimal(pax_time) * 1_000_000_000)
 
 
-def _node(member: tarfile.TarInfo, name: bytes) -> Node | None:
+def member_type(member: tarfile.TarInfo) -> str | None:
+    """The tree node type of a tar entry (a hard link entry is a FILE); None for other kinds."""
     if member.isdir():
-        ntype = DIR
-    elif member.isreg():
-        ntype = FILE
-    elif member.issym():
-        ntype = SYMLINK
-    elif member.isfifo():
-        ntype = FIFO
-    elif member.ischr():
-        ntype = CHARDEV
-    elif member.isblk():
-        ntype = BLOCKDEV
-    else:
+        return DIR
+    if member.isreg() or member.islnk():
+        return FILE
+    if member.issym():
+        return SYMLINK
+    if member.isfifo():
+        return FIFO
+    if member.ischr():
+        return CHARDEV
+    if member.isblk():
+        return BLOCKDEV
+    return None
+
+
+def _node(member: tarfile.TarInfo, name: bytes) -> Node | None:
+    ntype = member_type(member)
+    if ntype is None:
         return None
     pax = member.pax_headers or {}
     node = Node(

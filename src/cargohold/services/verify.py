@@ -8,6 +8,10 @@
   Engine API, which carries no more), symlink target, size and content. Content is compared
   by cutting the restored file the way the snapshot cut it and computing the keyed chunk ids:
   equal ids mean equal bytes, and nothing has to be read from the repository twice.
+* Application dumps stored with the snapshot are each loaded into a scratch volume by a
+  scratch container of the recorded image, and a sanity query is run
+  (:func:`cargohold.services.dump_restore.check_dumps`); a dump that fails makes the
+  verification fail.
 * The scratch volume or directory is always removed; the outcome is stored in the repository
   (:mod:`cargohold.repo.verifications`).
 """
@@ -35,17 +39,20 @@ from cargohold.docker.helper import helper_container
 from cargohold.docker.port import DockerPort
 from cargohold.errors import CargoholdError, UsageError
 from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
+from cargohold.repo.fsnode import node_type
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import Restorer
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tar_archiver import open_stream
+from cargohold.repo.tar_archiver import member_type, open_stream
 from cargohold.repo.tar_writer import Content, file_body
-from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
-from cargohold.repo.verifications import VerificationRecord, save
+from cargohold.repo.tree import DIR, FILE, SOCKET, SYMLINK, Node
+from cargohold.repo.verifications import DumpCheck, VerificationRecord, save
 from cargohold.services.docker_backup import HELPER_MOUNT
 from cargohold.services.docker_restore import RESTORABLE_KINDS, VolumeRestoreRequest, restore_volume
 from cargohold.services.docker_sources import Via
+from cargohold.services.dump_restore import check_dumps
 from cargohold.services.intents import IntentJournal
+from cargohold.services.repository import locks_of
 
 #: Differences listed in a record; the count says how many there were in all.
 MAX_PROBLEMS = 50
@@ -143,18 +150,7 @@ def _observe_dir(root: Path, expected: dict[str, Node], hasher: _Hasher) -> Iter
 
 
 def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISREG, FILE),
-        (stat.S_ISDIR, DIR),
-        (stat.S_ISLNK, SYMLINK),
-        (stat.S_ISFIFO, FIFO),
-        (stat.S_ISCHR, CHARDEV),
-        (stat.S_ISBLK, BLOCKDEV),
-        (stat.S_ISSOCK, SOCKET),
-    ):
-        if test(mode):
-            return kind
-    return "other"
+    return node_type(mode) or "other"
 
 
 def _digest(stream: IO[bytes]) -> bytes:
@@ -169,21 +165,7 @@ def _observe_tar(stream: IO[bytes], expected: dict[str, Node], hasher: _Hasher) 
         for member in tar:
             rel = os.path.normpath(member.name).removeprefix("./")
             rel = "" if rel == "." else rel
-            kind = (
-                FILE
-                if member.isreg() or member.islnk()
-                else DIR
-                if member.isdir()
-                else SYMLINK
-                if member.issym()
-                else FIFO
-                if member.isfifo()
-                else CHARDEV
-                if member.ischr()
-                else BLOCKDEV
-                if member.isblk()
-                else "other"
-            )
+            kind = member_type(member) or "other"
             obs = Observed(kind, member.mode & 0o7777, member.uid, member.gid, int(member.mtime) * 1_000_000_000)
             if member.issym():
                 obs.target = os.fsencode(member.linkname)
@@ -339,7 +321,13 @@ def verify(
         method, via = "directory", "direct"
         repo.load_index()
         cmp = _verify_in_directory(repo, snapshot)
+    dumps: list[DumpCheck] = []
+    if snapshot.source.meta.get("dumps") and docker is not None:
+        with locks_of(repo).shared(f"verify dumps of {snapshot.short_id}"):
+            repo.load_index()
+            dumps = check_dumps(repo, docker, snapshot, labels={SCRATCH_LABEL: snapshot.id})
     problems = list(cmp.problems)
+    problems += [f"{d.kind} dump of {d.container}: {d.detail}" for d in dumps if not d.ok]
     if cmp.total_problems > len(problems):
         problems.append(f"... and {cmp.total_problems - len(problems)} more")
     record = VerificationRecord(
@@ -347,12 +335,13 @@ def verify(
         source_kind=snapshot.source.kind,
         source_name=snapshot.source.name,
         time=datetime.now(UTC),
-        ok=cmp.total_problems == 0,
+        ok=cmp.total_problems == 0 and all(d.ok for d in dumps),
         method=method,
         via=via,
         files=cmp.files,
         bytes=cmp.bytes,
         problems=problems,
+        dumps=dumps,
         seconds=round(time.monotonic() - started, 3),
         engine=engine_host,
     )
