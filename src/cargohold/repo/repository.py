@@ -416,6 +416,12 @@ class Repository:
             try:
                 results[name] = self.read_index_file(name)
             except (IntegrityError, BackendError) as err:
+                try:
+                    self.backend.stat(f"index/{name}")
+                except ObjectNotFound:
+                    return  # deleted since listed: a prune superseded it; not damage
+                except BackendError:
+                    pass
                 report.damaged_index[name] = str(err)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
