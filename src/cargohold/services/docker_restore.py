@@ -8,6 +8,10 @@
   if cargohold is killed); otherwise the restore refuses while one of them runs.
 * Data is written directly into the mountpoint when the engine is local and it is writable,
   otherwise as a tar through the Engine archive API into a never-started helper container.
+* ``from_dump``: instead of the files, the snapshot's application dump is loaded into the
+  volume by a fresh container of the recorded image (:mod:`cargohold.services.dump_restore`);
+  SQLite copies replace the database files of the restored files. A failed load removes a
+  volume the restore created.
 """
 
 from __future__ import annotations
@@ -15,14 +19,22 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.docker.connect import Endpoint
 from cargohold.docker.helper import helper_container
 from cargohold.docker.port import DockerPort
-from cargohold.errors import CargoholdError, ConsistencyError, DockerConflict, UsageError, VolumeNotFound
-from cargohold.model.consistency import Decision, Mode
+from cargohold.errors import (
+    CargoholdError,
+    ConsistencyError,
+    DockerConflict,
+    DockerNotFound,
+    UsageError,
+    VolumeNotFound,
+)
+from cargohold.model.consistency import Decision, DumpKind, Mode
 from cargohold.model.engine import MountType, VolumeInfo
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
@@ -32,6 +44,8 @@ from cargohold.repo.tar_archiver import open_stream
 from cargohold.repo.tar_writer import TarStats, snapshot_tar
 from cargohold.services.docker_backup import HELPER_MOUNT, BackupRequest, DockerBackup
 from cargohold.services.docker_sources import SourceKind, StateSource, User, Via, choose_via
+from cargohold.services.dump_restore import DumpPlan, LoadOutcome, load_server_dump, replace_sqlite
+from cargohold.services.dump_restore import plan as plan_dump
 from cargohold.services.intents import IntentJournal
 from cargohold.services.inventory import inspect_containers
 from cargohold.services.quiesce import Participant, Quiescer
@@ -49,6 +63,9 @@ class VolumeRestoreRequest:
     via: Via = Via.AUTO
     progress: Progress = field(default_factory=NullProgress)
     journal: IntentJournal = field(default_factory=IntentJournal)
+    #: Load the application dump instead of the files: "" = the snapshot's only dumped
+    #: container, or a container name; None = restore the files.
+    from_dump: str | None = None
 
 
 @dataclass
@@ -64,6 +81,8 @@ class VolumeRestoreReport:
     downtime: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     damaged: dict[str, str] = field(default_factory=dict)
+    #: With from_dump: what was loaded and what the sanity query found.
+    dump: LoadOutcome | None = None
 
 
 def check_restorable(snapshot: Snapshot) -> dict[str, Any]:
@@ -147,6 +166,12 @@ def restore_volume(
     req: VolumeRestoreRequest,
 ) -> VolumeRestoreReport:
     meta = check_restorable(snapshot)
+    dump_plan = None
+    if req.from_dump is not None:
+        if req.path:
+            raise UsageError("--from-dump loads a whole dump: --path cannot be used with it")
+        # every check (dumps, container, image on this engine) before anything is created
+        dump_plan = plan_dump(docker, snapshot, req.from_dump or None)
     engine = docker.engine_info()
     created = False
     try:
@@ -208,7 +233,9 @@ def restore_volume(
                 raise
         with locks_of(repo).shared(f"restore into volume {volume.name}"):
             repo.load_index()
-            if direct is not None:
+            if dump_plan is not None and dump_plan.kind is not DumpKind.SQLITE:
+                report.dump = _load(repo, docker, dump_plan, volume, report)
+            elif direct is not None:
                 opts = RestoreOptions(include=[req.path] if req.path else [], progress=req.progress)
                 result = Restorer(repo, opts).run(snapshot, direct)
                 report.files, report.bytes = result.files, result.bytes
@@ -223,7 +250,31 @@ def restore_volume(
                     tar = snapshot_tar(repo, snapshot, prefix=HELPER_MOUNT.lstrip("/"), include=req.path, stats=stats)
                     docker.put_archive(cid, "/", tar)
                 report.files, report.bytes = stats.files, stats.bytes
+            if dump_plan is not None and dump_plan.kind is DumpKind.SQLITE:
+                report.dump = _load(repo, docker, dump_plan, volume, report)
     report.downtime = dict(window.downtime)
     report.restarted = [p.container.name for p in participants]
     report.warnings += window.warnings
     return report
+
+
+def _load(
+    repo: Repository, docker: DockerPort, dump_plan: DumpPlan, volume: VolumeInfo, report: VolumeRestoreReport
+) -> LoadOutcome:
+    """Load the dump; if that fails, remove the volume when this restore created it (nothing half-done)."""
+    try:
+        if dump_plan.kind is DumpKind.SQLITE:
+            outcome = replace_sqlite(repo, docker, dump_plan, volume.name)
+        else:
+            outcome = load_server_dump(repo, docker, dump_plan, volume.name)
+            report.bytes = sum(d.size for d in dump_plan.dumps)
+    except CargoholdError as err:
+        if report.created:
+            with suppress(DockerNotFound, DockerConflict):
+                docker.remove_volume(volume.name)
+            err.message += f" (volume {volume.name!r}, created for this restore, was removed)"
+        elif report.safety_snapshot:
+            err.message += f" (what volume {volume.name!r} held is in snapshot {report.safety_snapshot[:8]})"
+        raise
+    report.warnings += outcome.warnings
+    return outcome

@@ -175,6 +175,9 @@ def container_meta(user: User, image_digests: Sequence[str]) -> dict[str, Any]:
         "mount_path": user.mount_path,
         "read_only": user.read_only,
         "state": c.state,
+        # what a fresh container of the image needs to load a dump (passwords, users, ports);
+        # the snapshot's metadata is encrypted in the repository like its data
+        "env": list(c.env),
         "compose": {
             "project": c.labels.get(COMPOSE_PROJECT),
             "service": c.labels.get(COMPOSE_SERVICE),
