@@ -296,10 +296,11 @@ def delta_tar(repo: Repository, snapshot: Snapshot, delta: Delta, *, prefix: str
         for path in sorted(entries, key=lambda p: p.split("/")):
             node = entries[path]
             name = f"{prefix}/{path}"
+            linked = node.type == FILE and node.links > 1 and node.inode and (node.device, node.inode) in links
             yield from _entry(node, name, content, links)
             if node.type == FILE:
                 stats.files += 1
-                stats.bytes += node.size
+                stats.bytes += 0 if linked else node.size
             elif node.type == DIR:
                 stats.dirs += 1
                 if path in delta.write and node.subtree is not None:
@@ -521,8 +522,16 @@ def preflight(
         source = StateSource(SourceKind.VOLUME, volume.name, volume)
         _via, direct, _why = choose_via(engine, source, Via.AUTO)
         if not _is_empty(docker, volume, direct):
+            record = req.state.get(engine.id, volume.name)
+            if record is not None and record.volume_created == volume.created_at:
+                why = (
+                    f"holds snapshot {record.snapshot[:8]}, which cargohold copied there "
+                    "and is no longer in the repository"
+                )
+            else:
+                why = "exists, is not empty, and was not written by cargohold"
             raise DockerConflict(
-                f"volume {target!r} on {engine.host} exists, is not empty, and was not written by cargohold",
+                f"volume {target!r} on {engine.host} {why}",
                 hint="choose another name with --as, or pass --force to replace its contents "
                 "(a safety snapshot of them is taken first)",
             )
