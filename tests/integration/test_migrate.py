@@ -3,6 +3,7 @@ compose project there, restore a project under a new name, and bad input."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -356,3 +357,56 @@ def test_cli_errors_are_one_line(tmp_path: Path, resources: Resources) -> None:
         res = subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == code, (args, res.stdout, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("cargohold: error:"), res.stderr
+
+
+def test_cli_copy_twice_moves_only_the_change(
+    tmp_path: Path,
+    docker_port: SdkDocker,
+    resources: Resources,
+    second_engine: str,
+    second_docker_port: SdkDocker,
+    second_resources: Resources,
+) -> None:
+    env = {
+        **os.environ,
+        "CARGOHOLD_REPO": str(tmp_path / "repo"),
+        "CARGOHOLD_PASSWORD": "pw",
+        "CARGOHOLD_KDF": "fast",
+        "CARGOHOLD_STATE_DIR": str(tmp_path / "state"),
+    }
+    cli = [sys.executable, "-m", "cargohold.cli.app"]
+    subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
+    vol = resources.volume("cli-copy", labels={"team": "a"})
+    mp = Path(docker_port.inspect_volume(vol).mountpoint)
+    (mp / "a").write_bytes(os.urandom(200_000))
+    (mp / "b").write_text("small")
+    target = second_resources.track_volume(resources.name("cli-copy-target"))
+
+    def copy(*extra: str) -> dict[str, object]:
+        res = subprocess.run(
+            [*cli, "copy", vol, "--to-engine", second_engine, "--as", target, "--json", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        return dict(json.loads(res.stdout))
+
+    first = copy()
+    [v] = first["volumes"]  # type: ignore[misc]
+    assert v["method"] == "full" and v["verified"] is True and v["bytes_written"] == 200_005
+    assert second_docker_port.inspect_volume(target).labels == docker_port.inspect_volume(vol).labels
+    (mp / "b").write_text("changed")
+    second = copy("--stop")
+    [v] = second["volumes"]  # type: ignore[misc]
+    assert v["method"] == "delta" and v["bytes_written"] == len("changed") and second["written_bytes"] == 7
+    table = subprocess.run(
+        [*cli, "copy", vol, "--to-engine", second_engine, "--as", target],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert table.returncode == 0 and "unchanged" in table.stdout and "identical" in table.stdout, table.stdout
+    print(table.stdout)
