@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ from cargohold.testbed.recipes import MARIADB, POSTGRES, REDIS
 from cargohold.testbed.resources import Resources, wait_ready
 
 PGDATA = "/var/lib/postgresql/data"
+CLI = [sys.executable, "-m", "cargohold.cli.app"]
 
 
 @pytest.fixture
@@ -290,3 +295,49 @@ def _one_file_tar() -> bytes:
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     return buf.getvalue()
+
+
+def test_cli_restore_from_dump_and_verify(
+    docker_port: SdkDocker, resources: Resources, redis_image: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "CARGOHOLD_REPO": str(tmp_path / "repo"),
+        "CARGOHOLD_PASSWORD": "pw",
+        "CARGOHOLD_KDF": "fast",
+        "CARGOHOLD_STATE_DIR": str(tmp_path / "state"),
+    }
+
+    def cli(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == code, (args, res.returncode, res.stdout, res.stderr)
+        return res
+
+    cli("init")
+    vol = resources.volume("clifd")
+    rd = resources.run(redis_image, prefix="clifd", volumes={vol: "/data"})
+    wait_ready(docker_port, rd, REDIS)
+    ok(docker_port, rd, "redis-cli", "SET", "answer", "42")
+    cli("backup", vol)
+    gone(docker_port, rd, vol)
+
+    missing = cli("restore", "latest", "--source", vol, "--from-dump", code=2)
+    assert "give --to VOLUME" in missing.stderr
+    target = resources.track_volume(resources.name("clifd-restored"))
+    out = cli("restore", "latest", "--source", vol, "--to", target, "--from-dump").stdout
+    assert f"loaded the redis dump of {rd}" in out and "1 keys (DBSIZE)" in out, out
+    named = cli(
+        "restore", "latest", "--source", vol, "--to", target, "--from-dump", "--dump-container", "nobody", code=2
+    )
+    assert "has no dump of container 'nobody'" in named.stderr and len(named.stderr.strip().splitlines()) == 1
+
+    rd2 = resources.run(redis_image, prefix="clifd2", volumes={target: "/data"})
+    wait_ready(docker_port, rd2, REDIS)
+    assert ok(docker_port, rd2, "redis-cli", "GET", "answer") == "42"
+
+    record = json.loads(cli("verify", "--latest", "--source", vol, "--json").stdout)
+    assert record["ok"] and record["dumps"] == [
+        {"kind": "redis", "container": rd, "ok": True, "detail": "1 keys (DBSIZE)"}
+    ], record
+    text = cli("verify", "--latest", "--source", vol).stdout
+    assert f"redis dump of {rd}: OK — 1 keys (DBSIZE)" in text

@@ -20,7 +20,7 @@ from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.docker.connect import resolve_endpoint
 from cargohold.docker.sdk import SdkDocker
 from cargohold.errors import UsageError
-from cargohold.model.consistency import Mode
+from cargohold.model.consistency import DumpKind, Mode
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.services import repository as svc
 from cargohold.services.docker_backup import BackupRequest, DockerBackup, RunReport, SourceResult
@@ -159,8 +159,9 @@ def restore_to_volume(
     password_file: str | None,
     json: bool,
     progress: bool | None,
+    from_dump: str | None = None,
 ) -> None:
-    """``cargohold restore SNAPSHOT --to VOLUME``."""
+    """``cargohold restore SNAPSHOT --to VOLUME [--from-dump [CONTAINER]]``."""
     docker = SdkDocker(resolve_endpoint(host=engine)) if engine is not None else _docker(ctx)
     bar = progress_for(progress)
     req = VolumeRestoreRequest(
@@ -170,6 +171,7 @@ def restore_to_volume(
         restart_containers=restart_containers,
         via=via,
         progress=bar if bar is not None else NullProgress(),
+        from_dump=from_dump,
     )
     with open_repo(repo, password_file) as r:
         with svc.locks_of(r).shared("find snapshot"):
@@ -199,14 +201,24 @@ def _print_restore(report: VolumeRestoreReport, json: bool) -> None:
                 "downtime_seconds": {k: round(v, 3) for k, v in report.downtime.items()},
                 "damaged": report.damaged,
                 "warnings": report.warnings,
+                "dump": report.dump.to_json() if report.dump is not None else None,
             }
         )
         return
     made = "created volume" if report.created else "volume"
-    print(
-        f"restored snapshot {report.snapshot.short_id} into {made} {report.volume} via {report.via.value}: "
-        f"{report.files} files, {human_bytes(report.bytes)}"
-    )
+    if report.dump is not None and report.dump.kind is not DumpKind.SQLITE:
+        print(
+            f"loaded the {report.dump.kind.value} dump of {report.dump.container} from snapshot "
+            f"{report.snapshot.short_id} into {made} {report.volume} in {report.dump.seconds:.1f} s: "
+            f"{report.dump.detail}"
+        )
+    else:
+        print(
+            f"restored snapshot {report.snapshot.short_id} into {made} {report.volume} via {report.via.value}: "
+            f"{report.files} files, {human_bytes(report.bytes)}"
+        )
+    if report.dump is not None and report.dump.kind is DumpKind.SQLITE:
+        print(f"replaced SQLite databases with their online-backup copies: {report.dump.detail}")
     if report.safety_snapshot:
         print(f"what the volume held before is in snapshot {report.safety_snapshot[:8]} (tag: safety)")
     if report.restarted:
@@ -255,6 +267,9 @@ def verify_cmd(
                 "files": record.files,
                 "bytes": record.bytes,
                 "problems": record.problems,
+                "dumps": [
+                    {"kind": d.kind, "container": d.container, "ok": d.ok, "detail": d.detail} for d in record.dumps
+                ],
                 "seconds": record.seconds,
                 "time": record.time.isoformat(),
             }
@@ -266,8 +281,11 @@ def verify_cmd(
             f"{human_bytes(record.bytes)} restored into a scratch {record.method} via {record.via} and compared "
             f"in {record.seconds:.1f} s"
         )
+        for d in record.dumps:
+            print(f"  {d.kind} dump of {d.container}: {'OK' if d.ok else 'FAILED'} — {d.detail}")
         for p in record.problems:
-            print(f"  {p}", file=sys.stdout)
+            if not any(p.endswith(d.detail) for d in record.dumps if not d.ok):  # said just above
+                print(f"  {p}", file=sys.stdout)
     if not record.ok:
         raise typer.Exit(exit_codes.FINDINGS)
 

@@ -276,12 +276,32 @@ def restore(
     via: Annotated[Via, typer.Option("--via", help="With --to: write directly, through the Engine API, or auto.")] = (
         Via.AUTO
     ),
+    from_dump: Annotated[
+        bool,
+        typer.Option(
+            "--from-dump",
+            help="With --to: load the snapshot's application dump into the volume with a fresh container "
+            "of the recorded image, instead of restoring its files.",
+        ),
+    ] = False,
+    dump_container: Annotated[
+        str | None,
+        typer.Option(
+            "--dump-container",
+            help="With --from-dump: the container whose dump to load, when the snapshot holds several.",
+            metavar="CONTAINER",
+        ),
+    ] = None,
     repo: RepoOpt = None,
     password_file: PasswordFileOpt = None,
     json: JsonOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
     """Restore a snapshot into a directory (--target) or a Docker volume (--to)."""
+    if (from_dump or dump_container is not None) and to is None:
+        raise UsageError("--from-dump loads a dump into a Docker volume: give --to VOLUME")
+    if dump_container is not None and not from_dump:
+        raise UsageError("--dump-container goes with --from-dump")
     if (target is None) == (to is None):
         raise UsageError("give exactly one of --target DIR or --to VOLUME")
     if to is not None:
@@ -296,6 +316,7 @@ def restore(
             force=force,
             restart_containers=restart_containers,
             via=via,
+            from_dump=(dump_container or "") if from_dump else None,
             source=source,
             repo=repo,
             password_file=password_file,
