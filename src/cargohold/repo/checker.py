@@ -61,6 +61,9 @@ class Checker:
         self.workers = workers
         self.report = CheckReport()
         self._bad_blobs: dict[bytes, str] = {}
+        self._unlisted: set[bytes] = set()
+        self._unlisted_present: set[bytes] = set()
+        self._needed_unlisted: set[bytes] = set()
 
     def _damage(self, kind: str, name: str, message: str) -> None:
         self.report.damage.append(Damage(kind, name, message))
@@ -73,9 +76,10 @@ class Checker:
         self.repo.load_index()
         for name, msg in sorted(self.repo.load_report.damaged_index.items()):
             self._damage("index", f"index/{name}", f"{msg} (`cargohold rebuild-index` rewrites the index)")
-        if self.repo.load_report.damaged_index:
-            # what the damaged index listed is still in the packs: trace blobs through their headers
-            self.repo.index_unindexed_packs()
+        # Packs no readable index lists (leftovers of interrupted backups, or the packs of a
+        # damaged or missing index file): trace blobs through their own headers, so lost index
+        # files are named as such and not mistaken for lost data.
+        self._unlisted = {r.id for r in self.repo.index_unindexed_packs()}
         packs = self._pack_records()
         self._check_packs_exist(packs)
         if read_data or subset is not None:
@@ -90,6 +94,18 @@ class Checker:
             self._damage("snapshot", f"snapshots/{sid}", msg)
         self.report.snapshots = len(snaps)
         self._walk_snapshots(snaps)
+        for pid in sorted(self._needed_unlisted):
+            self._damage(
+                "index",
+                pack_name(pid),
+                "holds blobs that snapshots need but no readable index file lists them "
+                "(an index file is missing or damaged; `cargohold rebuild-index` repairs it)",
+            )
+        for pid in sorted(self._unlisted_present - self._needed_unlisted):
+            self.report.warnings.append(
+                f"pack {pack_name(pid)} is in no index and no snapshot needs it "
+                "(left by an interrupted backup; prune removes it)"
+            )
         return self.report
 
     # --- packs ----------------------------------------------------------------------
@@ -131,13 +147,7 @@ class Checker:
             elif size < rec.size + 4:
                 self._damage("pack", name, f"truncated: {size} bytes, the index needs more than {rec.size}")
                 self._mark_pack_bad(rec, f"pack {pid.hex()[:12]} truncated")
-        why = (
-            "its index file is damaged: `cargohold rebuild-index` lists it again"
-            if self.repo.load_report.damaged_index
-            else "left by an interrupted backup; prune removes it"
-        )
-        for pid in sorted(set(present) - set(packs)):
-            self.report.warnings.append(f"pack {pack_name(pid)} is in no readable index ({why})")
+        self._unlisted_present = set(present) - set(packs)
 
     def _read_packs(self, packs: list[PackRecord]) -> None:
         self.progress.start("read data", sum(p.size for p in packs))
@@ -209,6 +219,8 @@ class Checker:
                 self._damage("tree", tid.hex(), f"listing of {prefix or '/'} is not in the index")
             yield (prefix or "/", "directory listing lost")
             return
+        if loc.pack in self._unlisted:
+            self._needed_unlisted.add(loc.pack)
         why = self._bad_blobs.get(tid)
         if why is not None:
             yield (prefix or "/", why)
@@ -231,10 +243,18 @@ class Checker:
             elif node.type == FILE:
                 for c in node.content:
                     why = self._bad_blobs.get(c)
-                    if why is None and c not in self.repo.index:
-                        why = f"data blob {c.hex()[:12]} missing"
-                        self._bad_blobs[c] = why
-                        self._damage("blob", c.hex(), f"data of {path} is in no index")
+                    if why is None:
+                        if self._unlisted:
+                            where = self.repo.index.lookup(c)
+                            if where is not None and where.pack in self._unlisted:
+                                self._needed_unlisted.add(where.pack)
+                            missing = where is None
+                        else:
+                            missing = c not in self.repo.index
+                        if missing:
+                            why = f"data blob {c.hex()[:12]} missing"
+                            self._bad_blobs[c] = why
+                            self._damage("blob", c.hex(), f"data of {path} is in no index")
                     if why is not None:
                         ok = False
                         yield (path, why)
