@@ -107,7 +107,18 @@ class ExtentReader:
             return n
         return 0
 
+    def remaining(self) -> int:
+        """Bytes of data regions not read yet (the file may still shrink)."""
+        left = 0
+        for i in range(self._i, len(self._extents)):
+            start, length = self._extents[i]
+            left += start + length - max(start, self._pos) if i == self._i else length
+        return max(left, 0)
+
     def read(self, n: int) -> bytes:
+        n = min(n, self.remaining())  # never allocate (and zero) more than can come
+        if n <= 0:
+            return b""
         buf = bytearray(n)
         got = self.readinto(memoryview(buf))
         return bytes(buf[:got])
