@@ -173,3 +173,26 @@ def test_sync_state_round_trip(tmp_path: Path) -> None:
     assert state.get("e1", "v") is None and state.get("e2", "v") is not None
     (tmp_path / "s" / "synced.json").write_text("{broken")
     assert state.get("e2", "v") is None
+
+
+def test_a_file_rewritten_in_place_gets_only_its_changed_chunks(tmp_path: Path, repo: Repository) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    pages = bytearray(os.urandom(8192 * 1024))  # 8 MiB of database pages
+    (src / "rel").write_bytes(pages)
+    (src / "log").write_bytes(os.urandom(300_000))
+    old = snap(repo, src)
+    pages[8192 * 700 : 8192 * 701] = os.urandom(8192)  # one page rewritten
+    (src / "rel").write_bytes(pages)
+    with open(src / "log", "ab") as f:  # appended
+        f.write(b"one more line\n")
+    new = snap(repo, src)
+    target = tmp_path / "target"
+    Restorer(repo).run(old, target)
+    inode = os.stat(target / "rel").st_ino
+    delta = tree_delta(repo, old, new)
+    assert sorted(delta.write) == ["log", "rel"] and sorted(delta.before) == ["log", "rel"]
+    files, nbytes, _ = _apply_direct(repo, new, delta, str(target), NullProgress())
+    assert matches(repo, new, target) == []
+    assert files == 2 and nbytes < len(pages) // 2, nbytes
+    assert os.stat(target / "rel").st_ino == inode  # patched in place

@@ -154,6 +154,8 @@ class Delta:
     #: Directories whose own metadata must be set again (they changed, or something in them did).
     dirs: dict[str, Node] = field(default_factory=dict)
     root_changed: bool = False
+    #: The old node of files in ``write`` that were files before too (a direct write may patch them).
+    before: dict[str, Node] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -200,6 +202,8 @@ def tree_delta(repo: Repository, old: Snapshot, new: Snapshot) -> Delta:
                     changed = True
             elif not _same_body(was, node):
                 delta.write[path] = node
+                if was.type == FILE:
+                    delta.before[path] = was
                 changed = True
             elif not _same_meta(was, node):
                 delta.meta[path] = node
@@ -323,19 +327,79 @@ def _delete_direct(root: str, paths: Sequence[str]) -> None:
             os.unlink(full)
 
 
+def _patchable(old: Node | None, new: Node, full: str) -> bool:
+    if old is None or old.type != FILE or new.type != FILE or old.extents is not None or new.extents is not None:
+        return False
+    if old.links > 1 or new.links > 1:
+        return False
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == old.size and st.st_nlink == 1
+
+
+def _patch_file(repo: Repository, content: Content, full: str, old: Node, new: Node) -> int | None:
+    """Rewrite only the chunks of ``full`` (holding ``old``) that differ from ``new``: bytes written,
+    or None when a chunk is not in the index (the restorer then deals with it)."""
+    sizes: dict[bytes, int] = {}
+    for bid in {*old.content, *new.content}:
+        loc = repo.index.lookup(bid)
+        if loc is None:
+            return None
+        sizes[bid] = loc.raw_length
+    have: set[tuple[int, bytes]] = set()
+    pos = 0
+    for bid in old.content:
+        have.add((pos, bid))
+        pos += sizes[bid]
+    todo: list[tuple[int, bytes]] = []
+    pos = 0
+    for bid in new.content:
+        if (pos, bid) not in have:
+            todo.append((pos, bid))
+        pos += sizes[bid]
+    written = 0
+    fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for (offset, _bid), data in zip(todo, content.chunks([b for _, b in todo]), strict=True):
+            os.pwrite(fd, data, offset)
+            written += len(data)
+        os.ftruncate(fd, new.size)
+    finally:
+        os.close(fd)
+    return written
+
+
 def _apply_direct(
     repo: Repository, snapshot: Snapshot, delta: Delta, root: str, progress: Progress
 ) -> tuple[int, int, list[str]]:
-    """Write ``delta`` into the local directory ``root``: (files, bytes, warnings)."""
+    """Write ``delta`` into the local directory ``root``: (files, bytes written, warnings).
+
+    A file that was a plain file before and still is gets only its changed chunks (same chunk
+    at the same offset = same bytes there); everything else new or changed goes through the
+    restorer, limited to those paths."""
     owners = os.geteuid() == 0
     _delete_direct(root, delta.delete)
     files = nbytes = 0
     warnings: list[str] = []
-    if delta.write:
-        result = Restorer(repo, RestoreOptions(include=_collapse(list(delta.write)), progress=progress)).run(
-            snapshot, root
-        )
-        files, nbytes, warnings = result.files, result.bytes, list(result.warnings)
+    rest: list[str] = []
+    with ThreadPoolExecutor(2, thread_name_prefix="ch-patch") as pool:
+        content = Content(repo, pool)
+        for rel, node in delta.write.items():
+            full = os.path.join(root, rel)
+            old = delta.before.get(rel)
+            done = _patch_file(repo, content, full, old, node) if old and _patchable(old, node, full) else None
+            if done is None:
+                rest.append(rel)
+                continue
+            files, nbytes = files + 1, nbytes + done
+            progress.advance(done, 1)
+            warnings += apply_metadata(os.fsencode(full), node, owners=owners)
+    if rest:
+        result = Restorer(repo, RestoreOptions(include=_collapse(rest), progress=progress)).run(snapshot, root)
+        files, nbytes = files + result.files, nbytes + result.bytes
+        warnings += result.warnings
         if result.damaged:
             raise ConsistencyError(
                 f"{len(result.damaged)} file(s) of snapshot {snapshot.short_id} are damaged in the repository: "
