@@ -15,11 +15,15 @@ import pytest
 
 from cargohold.backends import MemoryBackend
 from cargohold.docker.connect import Endpoint
+from cargohold.docker.helper import helper_container, volume_mount
 from cargohold.docker.sdk import SdkDocker
 from cargohold.errors import DockerConflict, EngineUnreachable, VolumeNotFound
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.repository import Repository
+from cargohold.repo.snapshot import Snapshot
+from cargohold.repo.tar_writer import TarStats
 from cargohold.services.docker_backup import BackupRequest, DockerBackup
+from cargohold.services.docker_restore import VolumeRestoreRequest, restore_volume
 from cargohold.services.docker_sources import Via, resolve
 from cargohold.services.intents import IntentJournal
 from cargohold.services.migrate import (
@@ -30,7 +34,7 @@ from cargohold.services.migrate import (
     move_project,
     restore_project,
 )
-from cargohold.services.volume_sync import SyncState
+from cargohold.services.volume_sync import SyncState, check_volume, deletions_by_replacement, delta_tar, tree_delta
 from cargohold.testbed.resources import Resources
 
 SERVICE = ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
@@ -410,3 +414,41 @@ def test_cli_copy_twice_moves_only_the_change(
     )
     assert table.returncode == 0 and "unchanged" in table.stdout and "identical" in table.stdout, table.stdout
     print(table.stdout)
+
+
+def test_archive_api_deletes_by_replacing_the_directory(
+    docker_port: SdkDocker, resources: Resources, repo: Repository, journal: IntentJournal
+) -> None:
+    """With no image that has a shell, deletions below the root go as 'file, then directory' entries."""
+    source = resources.volume("replace-src")
+    src = Path(docker_port.inspect_volume(source).mountpoint)
+    (src / "up" / "a").mkdir(parents=True)
+    (src / "up" / "a" / "old.bin").write_bytes(os.urandom(10_000))
+    (src / "up" / "a" / "keep.txt").write_text("keep")
+    (src / "up" / "b").mkdir()
+    (src / "up" / "b" / "other").write_text("untouched")
+    (src / "top.txt").write_text("top")
+
+    def backup() -> Snapshot:
+        run = DockerBackup(repo, docker_port, docker_port.endpoint, BackupRequest(journal=journal))
+        snap = run.run(resolve(docker_port, volumes=[source])).results[0].snapshot
+        assert snap is not None
+        return snap
+
+    old = backup()
+    (src / "up" / "a" / "old.bin").unlink()
+    (src / "up" / "a" / "new.txt").write_text("new")
+    new = backup()
+    vol = resources.track_volume(resources.name("replace"))
+    restore_volume(
+        repo, docker_port, docker_port.endpoint, old, VolumeRestoreRequest(to=vol, via=Via.API, journal=journal)
+    )
+    delta = tree_delta(repo, old, new)
+    assert delta.delete == ["up/a/old.bin"] and deletions_by_replacement(repo, new, delta)
+    assert delta.replace == {"up/a"} and delta.delete == []
+    stats = TarStats()
+    with helper_container(docker_port, [volume_mount(vol)], purpose="test") as cid:
+        docker_port.put_archive(cid, "/", delta_tar(repo, new, delta, prefix="volume", stats=stats))
+    assert stats.files == 2  # up/a sent whole: keep.txt and new.txt; up/b and top.txt not
+    volume = docker_port.inspect_volume(vol)
+    assert check_volume(repo, docker_port, volume, new, direct=None, exact=False).problems == []

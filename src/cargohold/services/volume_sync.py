@@ -156,6 +156,8 @@ class Delta:
     root_changed: bool = False
     #: The old node of files in ``write`` that were files before too (a direct write may patch them).
     before: dict[str, Node] = field(default_factory=dict)
+    #: Directories (in ``write``) to empty and send whole: how the archive API deletes.
+    replace: set[str] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -300,6 +302,12 @@ def delta_tar(repo: Repository, snapshot: Snapshot, delta: Delta, *, prefix: str
         for path in sorted(entries, key=lambda p: p.split("/")):
             node = entries[path]
             name = f"{prefix}/{path}"
+            if path in delta.replace:
+                # The engine replaces a directory by a file of the same name, and that file by the
+                # directory that follows: the directory comes back empty, then gets its entries.
+                placeholder = tarfile.TarInfo(name)
+                placeholder.mode = 0o600
+                yield _encode(placeholder)
             linked = node.type == FILE and node.links > 1 and node.inode and (node.device, node.inode) in links
             yield from _entry(node, name, content, links)
             if node.type == FILE:
@@ -416,10 +424,47 @@ def _apply_direct(
 
 
 def _shell_images(docker: DockerPort, users: Sequence[User], meta: Mapping[str, Any]) -> list[str]:
+    """Images on this engine that likely have ``sh``: of the volume's users, of the containers recorded
+    in the snapshot, then of a few other containers of the engine."""
     refs = [u.container.image_id for u in users]
     for c in meta.get("containers") or ():
         refs += [str(c.get("image_id") or ""), str(c.get("image") or "")]
-    return [r for r in dict.fromkeys(refs) if r and docker.image_exists(r)]
+    refs = [r for r in dict.fromkeys(refs) if r and docker.image_exists(r)]
+    others = [c.image_id for c in docker.list_containers(all=True) if c.image_id and c.image_id not in refs]
+    return refs + list(dict.fromkeys(others))[:5]
+
+
+def _node_at(repo: Repository, snapshot: Snapshot, path: str) -> Node | None:
+    tree_id: bytes | None = snapshot.tree
+    node = None
+    for part in path.split("/"):
+        node = repo.load_tree(tree_id).find(os.fsencode(part)) if tree_id is not None else None
+        if node is None:
+            return None
+        tree_id = node.subtree
+    return node
+
+
+def deletions_by_replacement(repo: Repository, snapshot: Snapshot, delta: Delta) -> bool:
+    """Turn the deletions into replacements of their directories (sent whole); False when an entry
+    of the volume's root itself is deleted (the mount point cannot be replaced)."""
+    parents = {p.rsplit("/", 1)[0] if "/" in p else "" for p in delta.delete}
+    if "" in parents:
+        return False
+    parents = {p for p in parents if not _under(p, parents)}
+    for p in parents:
+        node = _node_at(repo, snapshot, p)
+        if node is None or node.type != DIR:
+            return False
+        delta.write[p] = node
+        delta.replace.add(p)
+    for table in (delta.write, delta.meta, delta.dirs):
+        for path in [q for q in table if _under(q, parents)]:
+            del table[path]
+    for p in parents:
+        delta.dirs.pop(p, None)
+    delta.delete = []
+    return True
 
 
 def _delete_api(docker: DockerPort, volume: str, paths: Sequence[str], images: Sequence[str]) -> bool:
@@ -750,10 +795,12 @@ def _sync_delta(
             return True
         if delta.delete:
             images = _shell_images(docker, volume_users(docker, volume.name), snapshot.source.meta)
-            if not _delete_api(docker, volume.name, delta.delete, images):
+            if not _delete_api(docker, volume.name, delta.delete, images) and not deletions_by_replacement(
+                repo, snapshot, delta
+            ):
                 result.warnings.append(
-                    f"no image with a shell on {result.engine} to delete {len(delta.delete)} entries through the "
-                    "Engine API: copied the whole volume"
+                    f"no image with a shell on {result.engine} to delete {len(delta.delete)} entries at the top "
+                    "of the volume through the Engine API: copied the whole volume"
                 )
                 return False
         stats = TarStats()
