@@ -1,10 +1,6 @@
 """cargohold — never lose the state of your Docker containers."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cargohold")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+local"
+#: The one place the version is written (pyproject.toml reads it from here).
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]
