@@ -616,6 +616,8 @@ def preflight(
     repo: Repository, docker: DockerPort, engine: EngineInfo, target: str, req: SyncRequest
 ) -> VolumeInfo | None:
     """Refuse early (before any backup) what :func:`sync_volume` would refuse; the target, if it exists."""
+    if req.via is Via.DIRECT and not engine.local:
+        raise UsageError(f"--via direct: the target engine is remote ({engine.host})", hint="use --via api or auto")
     try:
         volume = docker.inspect_volume(target)
     except VolumeNotFound:
@@ -683,15 +685,14 @@ def sync_volume(
     if volume is None:
         volume = create_like(docker, req.target, meta, req.labels)
         created = True
-    source = StateSource(SourceKind.VOLUME, volume.name, volume)
-    via, direct, _why = choose_via(engine, source, req.via)
-    if direct is not None and not os.access(direct, os.W_OK):
-        if req.via is Via.DIRECT:
-            raise UsageError(f"--via direct: {direct} is not writable by this user", hint="use --via api")
-        via, direct = Via.API, None
-    result = SyncResult(volume.name, engine.host, snapshot, "full", via, created)
-    exact = via is Via.DIRECT
     try:
+        via, direct, _why = choose_via(engine, StateSource(SourceKind.VOLUME, volume.name, volume), req.via)
+        if direct is not None and not os.access(direct, os.W_OK):
+            if req.via is Via.DIRECT:
+                raise UsageError(f"--via direct: {direct} is not writable by this user", hint="use --via api")
+            via, direct = Via.API, None
+        result = SyncResult(volume.name, engine.host, snapshot, "full", via, created)
+        exact = via is Via.DIRECT
         done = False
         if known is not None:
             record, previous = known
@@ -709,8 +710,9 @@ def sync_volume(
                     f"{len(report.damaged)} file(s) of snapshot {snapshot.short_id} are damaged in the repository",
                     hint="run `cargohold check --read-data`",
                 )
-    except BaseException:
-        req.state.drop(engine.id, volume.name)
+    except BaseException as err:
+        if not isinstance(err, (DockerConflict, UsageError)):  # refused before writing: the record stays true
+            req.state.drop(engine.id, volume.name)
         if created:
             with contextlib.suppress(CargoholdError):
                 docker.remove_volume(volume.name, force=True)
