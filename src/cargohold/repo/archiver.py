@@ -22,6 +22,7 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +98,25 @@ class _Budget:
                 self._cond.wait()
 
 
+#: How many files may be handed to the readers before started directories are finished.
+_LOOKAHEAD = 2000
+
+
+class _Dir:
+    """A directory whose entries were started but whose tree is not stored yet."""
+
+    __slots__ = ("nodes", "parent", "parent_id", "pending", "previous", "subdirs", "tree_id")
+
+    def __init__(self, parent: Tree | None, parent_id: bytes | None) -> None:
+        self.parent = parent
+        self.parent_id = parent_id
+        self.previous = {n.name: n for n in parent.nodes} if parent is not None else {}
+        self.nodes: list[Node] = []
+        self.pending: list[tuple[Node, Future[bool]]] = []
+        self.subdirs: list[tuple[Node, _Dir]] = []
+        self.tree_id: bytes | None = None
+
+
 class _Compressibility:
     """Stop compressing the rest of a file whose first chunks did not shrink."""
 
@@ -130,6 +150,9 @@ class Archiver:
         self._local = threading.local()
         self._stats_lock = threading.Lock()
         self._file_pool: ThreadPoolExecutor | None = None
+        #: Started subdirectories, oldest first, that may be finished early (bounded lookahead).
+        self._ready: deque[_Dir] = deque()
+        self._outstanding = 0
         self._blob_pool: ThreadPoolExecutor | None = None
 
     # --- public ---------------------------------------------------------------------
@@ -243,16 +266,23 @@ class Archiver:
     def _walk(self, path: bytes, parent: Tree | None, parent_id: bytes | None = None) -> bytes:
         """Back up the directory ``path``; return its tree id. ``parent`` is the same
         directory in the parent snapshot (``parent_id`` its tree id)."""
+        return self._finish(self._start(path, parent, parent_id))
+
+    def _start(self, path: bytes, parent: Tree | None, parent_id: bytes | None) -> _Dir:
+        """Stat a directory's entries, hand its changed files to the readers and start its
+        subdirectories; the tree is encoded later by :meth:`_finish`. Directories are not
+        waited for one by one (the readers would idle at every directory boundary, which
+        dominates trees of many small files): up to ``_LOOKAHEAD`` files may be in the
+        readers' hands before the oldest started directories are finished."""
         if self._error is not None:
             raise self._error
-        previous = {n.name: n for n in parent.nodes} if parent is not None else {}
+        d = _Dir(parent, parent_id)
+        previous = d.previous
         try:
             names = _list_dir(path)
         except OSError as err:
             self._warn(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
             names = []
-        nodes: list[Node] = []
-        pending: list[tuple[Node, Future[bool]]] = []
         strict = not self.opts.ignore_inode
         for name in names:
             full = path + b"/" + name
@@ -280,7 +310,9 @@ class Archiver:
                 if prev is not None and prev.type == DIR and prev.subtree is not None:
                     sub_id = prev.subtree
                     sub = self.repo.load_tree(sub_id)
-                node.subtree = self._walk(full, sub, sub_id)
+                child = self._start(full, sub, sub_id)
+                d.subdirs.append((node, child))
+                self._ready.append(child)
                 self.stats.dirs += 1
             elif node.type == FILE:
                 self.stats.files += 1
@@ -297,30 +329,46 @@ class Archiver:
                     else:
                         self.stats.files_changed += 1
                     assert self._file_pool is not None
-                    pending.append((node, self._file_pool.submit(self._read_file, full, node, prev)))
+                    d.pending.append((node, self._file_pool.submit(self._read_file, full, node, prev)))
+                    self._outstanding += 1
             else:
                 self.stats.others += 1
-            nodes.append(node)
+            d.nodes.append(node)
+            while self._outstanding > _LOOKAHEAD and self._ready:
+                self._finish(self._ready.popleft())
+        return d
+
+    def _finish(self, d: _Dir) -> bytes:
+        """Wait for a started directory's files and subdirectories; store its tree (once)."""
+        if d.tree_id is not None:
+            return d.tree_id
+        for node, child in d.subdirs:
+            node.subtree = self._finish(child)
         failed: set[int] = set()
-        for node, fut in pending:
+        for node, fut in d.pending:
             if not fut.result():
                 failed.add(id(node))
-        if failed:
-            nodes = [n for n in nodes if id(n) not in failed]
+        self._outstanding -= len(d.pending)
+        d.pending = []
+        nodes = [n for n in d.nodes if id(n) not in failed] if failed else d.nodes
         if self._error is not None:
             raise self._error
-        if parent is not None and parent_id is not None and nodes == parent.nodes:
-            return parent_id  # nothing changed here, not even an access time: no need to encode
-        if (
-            self.opts.skip_if_unchanged
-            and not self._changed
-            and (
-                len(nodes) != len(previous)
-                or any(n.name not in previous or _comparable(n) != _comparable(previous[n.name]) for n in nodes)
-            )
-        ):
-            self._changed = True
-        return self.repo.save_tree(Tree(nodes))
+        parent, previous = d.parent, d.previous
+        if parent is not None and d.parent_id is not None and nodes == parent.nodes:
+            d.tree_id = d.parent_id  # nothing changed here, not even an access time: no need to encode
+        else:
+            if (
+                self.opts.skip_if_unchanged
+                and not self._changed
+                and (
+                    len(nodes) != len(previous)
+                    or any(n.name not in previous or _comparable(n) != _comparable(previous[n.name]) for n in nodes)
+                )
+            ):
+                self._changed = True
+            d.tree_id = self.repo.save_tree(Tree(nodes))
+        d.nodes, d.subdirs = [], []
+        return d.tree_id
 
     def _unchanged(self, prev: Node, node: Node) -> bool:
         if prev.type != FILE or prev.size != node.size or prev.mtime_ns != node.mtime_ns:
