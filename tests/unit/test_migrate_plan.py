@@ -86,13 +86,16 @@ def test_project_run_picks_the_newest_run_and_skips_binds_and_safety() -> None:
         snapshot("shop_data", "run3", 20, tags=["safety"]),
         snapshot("other_data", "run4", 30, project="other"),
     ]
+    snaps.append(snapshot("shop_data", "run5", 40, tags=["copy"]))  # one volume copied: not a project run
+    snaps.append(snapshot("shop_old", "run0", -10))  # a volume only an older run has
     run = project_run(snaps, "shop")
     assert run.run_id == "run2" and [s.source.name for s in run.snapshots] == ["shop_cache", "shop_data"]
+    assert run.missing == {"shop_old": "run0"}
     assert [s.source.name for s, _ in run.skipped] == ["/srv/conf"]
     assert project_run(snaps, "shop", "run1").snapshots[0].id == "run1-shop_data"
     with pytest.raises(SnapshotNotFound):
         project_run(snaps, "nope")
     with pytest.raises(SnapshotNotFound):
         project_run(snaps, "shop", "zzz")
-    with pytest.raises(UsageError, match="matches 2 runs"):
+    with pytest.raises(UsageError, match="matches 3 runs"):
         project_run(snaps, "shop", "run")

@@ -199,6 +199,8 @@ def project_move(
 
 
 def _print_project_restore(report: ProjectRestoreReport, json: bool) -> None:
+    for w in report.warnings:
+        note(f"warning: {w}")
     for _, out in report.volumes:
         for w in out.warnings:
             note(f"warning: {w}")
@@ -226,6 +228,7 @@ def _print_project_restore(report: ProjectRestoreReport, json: bool) -> None:
                     for p, out in report.volumes
                 ],
                 "skipped": report.skipped,
+                "warnings": report.warnings,
                 "compose_changes": report.compose_changes,
             }
         )

@@ -68,6 +68,10 @@ from cargohold.services.volume_sync import (
 
 #: Snapshots a forced restore takes of what it replaces: never a project's backup run.
 SAFETY_TAG = "safety"
+#: Runs of ``copy`` (one volume): not a backup of the whole project.
+COPY_TAG = "copy"
+#: Runs of ``project move``.
+MOVE_TAG = "move"
 
 
 # --- naming ---------------------------------------------------------------------------
@@ -176,13 +180,15 @@ class ProjectRun:
     snapshots: list[Snapshot]
     #: Snapshots of the run that are not restored as volumes (bind mounts), with why.
     skipped: list[tuple[Snapshot, str]] = field(default_factory=list)
+    #: Volumes of the project that older runs have and this one has not, with their newest run.
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 def project_run(snapshots: Sequence[Snapshot], project: str, run_id: str | None = None) -> ProjectRun:
     """The snapshots of one backup run of ``project``: ``run_id`` (or a prefix), else the newest run."""
     runs: dict[str, list[Snapshot]] = defaultdict(list)
     for s in snapshots:
-        if s.source.kind not in ("volume", "bind") or SAFETY_TAG in s.tags:
+        if s.source.kind not in ("volume", "bind") or {SAFETY_TAG, COPY_TAG} & set(s.tags):
             continue
         if project in _membership(s.source.meta):
             runs[str(s.source.meta.get("run_id") or s.id)].append(s)
@@ -202,6 +208,11 @@ def project_run(snapshots: Sequence[Snapshot], project: str, run_id: str | None 
     else:
         chosen = max(runs, key=lambda r: max(s.time for s in runs[r]))
     out = ProjectRun(chosen, [])
+    have = {s.source.name for s in runs[chosen]}
+    for rid in sorted(runs, key=lambda r: max(s.time for s in runs[r])):
+        for s in runs[rid]:
+            if s.source.kind == "volume" and s.source.name not in have:
+                out.missing[s.source.name] = rid
     for s in sorted(runs[chosen], key=lambda s: s.source.name):
         if s.source.kind == "volume":
             out.snapshots.append(s)
@@ -279,8 +290,9 @@ def _backup(
     stop: bool,
     via: Via,
     journal: IntentJournal,
+    tag: str,
 ) -> RunReport:
-    request = BackupRequest(via=via, consistency=Mode.STOP if stop else None, tags=["migrate"], journal=journal)
+    request = BackupRequest(via=via, consistency=Mode.STOP if stop else None, tags=[tag], journal=journal)
     report = DockerBackup(repo, docker, endpoint, request).run(sources)
     for r in report.failed:
         if r.exception is not None:
@@ -313,7 +325,7 @@ def copy_volume(
         state=req.state,
     )
     preflight(repo, dst, dst_engine, target, sync)
-    backup = _backup(repo, src, src_endpoint, [source], stop=req.stop, via=req.via, journal=req.journal)
+    backup = _backup(repo, src, src_endpoint, [source], stop=req.stop, via=req.via, journal=req.journal, tag=COPY_TAG)
     report = MigrationReport(backup.run_id, backup)
     snap = backup.results[0].snapshot
     assert snap is not None
@@ -377,7 +389,7 @@ def move_project(
     }
     for p in plans:
         preflight(repo, dst, dst_engine, p.target, requests[p.source])
-    backup = _backup(repo, src, src_endpoint, volumes, stop=req.stop, via=req.via, journal=req.journal)
+    backup = _backup(repo, src, src_endpoint, volumes, stop=req.stop, via=req.via, journal=req.journal, tag=MOVE_TAG)
     report = MigrationReport(backup.run_id, backup, plans=plans, skipped=skipped)
     for r in backup.results:
         assert r.snapshot is not None
@@ -411,6 +423,7 @@ class ProjectRestoreReport:
     volumes: list[tuple[VolumePlan, VolumeRestoreReport]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     compose_changes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def restore_project(
@@ -425,6 +438,11 @@ def restore_project(
     plans = plan_volumes([_plan_input(s) for s in run.snapshots], project=req.project, new_project=new)
     by_source = {s.source.name: s for s in run.snapshots}
     report = ProjectRestoreReport(req.project, new, run.run_id, skipped=[why for _, why in run.skipped])
+    report.warnings = [
+        f"volume {name} of project {req.project} is not in run {run.run_id} (its newest backup is in run {rid}): "
+        f"restore it with --run {rid}, or `cargohold restore latest --source {name} --to VOLUME`"
+        for name, rid in sorted(run.missing.items())
+    ]
     for p in plans:  # check everything first: nothing half-done
         try:
             volume = docker.inspect_volume(p.target)
