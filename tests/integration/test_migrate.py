@@ -339,6 +339,19 @@ def test_project_move_to_the_second_engine(
     assert docker_port.inspect_container(db).state == "running"
     assert listing(second_docker_port, f"{new}_data") == listing(docker_port, data)
 
+    # the first move's run, restored onto the second engine under a third name
+    third = resources.name("mv-third")
+    for key in ("data", "anon-cache-1"):
+        second_resources.track_volume(f"{third}_{key}")
+    restored = restore_project(
+        repo,
+        second_docker_port,
+        second_docker_port.endpoint,
+        ProjectRestoreRequest(project, new_name=third, run_id=first.run_id[:6], journal=journal),
+    )
+    assert restored.run_id == first.run_id and len(restored.volumes) == 2
+    assert Path(second_docker_port.inspect_volume(f"{third}_data").mountpoint, "table").read_text() == "rows\n"
+
 
 def test_cli_errors_are_one_line(tmp_path: Path, resources: Resources) -> None:
     env = {
