@@ -192,6 +192,19 @@ def test_redis_restore_from_dump_and_verify(
     rd2 = resources.run(redis_image, prefix="rdfd2", volumes={target: "/data"})
     wait_ready(docker_port, rd2, REDIS)
     assert ok(docker_port, rd2, "redis-cli", "GET", "k42") == "v42"
+    ok(docker_port, rd2, "redis-cli", "SET", "k42", "changed")
+    with pytest.raises(DockerConflict, match="used by running container"):
+        restore_volume(repo, docker_port, docker_port.endpoint, snap, VolumeRestoreRequest(to=target, from_dump=""))
+    again = restore_volume(
+        repo,
+        docker_port,
+        docker_port.endpoint,
+        snap,
+        VolumeRestoreRequest(to=target, from_dump="", force=True, restart_containers=True, journal=journal),
+    )
+    assert again.safety_snapshot is not None and again.restarted == [rd2] and not again.created
+    wait_ready(docker_port, rd2, REDIS)
+    assert ok(docker_port, rd2, "redis-cli", "GET", "k42") == "v42"
 
     record = verify(repo, snap, docker=docker_port, endpoint=docker_port.endpoint)
     assert record.ok and record.dumps[0].detail.startswith("50 keys"), (record.problems, record.dumps)

@@ -472,7 +472,13 @@ class Loader:
         self.docker.put_archive(self.cid, directory, file_tar(name, node.size, body))
 
     def stop(self) -> None:
+        """Stop the server the way the image says (its stop signal), and make sure it shut down cleanly."""
         self.docker.stop(self.cid, timeout=STOP_TIMEOUT)
+        code = self.docker.wait(self.cid, timeout=30)
+        if code != 0:
+            raise self.fail(
+                f"the server did not shut down cleanly (exit {code}), the data may be incomplete", self.logs()
+            )
 
 
 def _sql_lines(res: ExecResult) -> list[list[str]]:
