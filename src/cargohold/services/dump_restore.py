@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sqlite3
 import tarfile
 import tempfile
@@ -471,6 +470,13 @@ class Loader:
             body = scan.feed(body)
         self.docker.put_archive(self.cid, directory, file_tar(name, node.size, body))
 
+    def put_text(self, text: str) -> str:
+        """Put a script into the container; return its path."""
+        data = text.encode()
+        path = f"{DUMP_DIR}/cargohold-{uuid.uuid4().hex[:8]}.sql"
+        self.docker.put_archive(self.cid, DUMP_DIR, file_tar(path.rsplit("/", 1)[1], len(data), [data]))
+        return path
+
     def stop(self) -> None:
         """Stop the server the way the image says (its stop signal), and make sure it shut down cleanly."""
         self.docker.stop(self.cid, timeout=STOP_TIMEOUT)
@@ -532,7 +538,8 @@ def _load_postgres(repo: Repository, loader: Loader, dump: RecordedDump) -> str:
         sql = [f"SELECT 1; SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ({schemas});"]
         copies = sorted(t for d, t in scan.rows if d == db)
         sql += [f"SELECT count(*) FROM {t};" for t in copies]
-        res = loader.run([*q, "-d", db, "-c", "\n".join(sql)], env)
+        script = loader.put_text("\n".join(sql) + "\n")  # a file: one argument may hold only 128 KiB
+        res = loader.run([*q, "-d", db, "-f", script], env)
         if res.exit_code != 0:
             raise loader.fail(f"sanity query in database {db!r} failed", res.stderr)
         answers = [line[0] for line in _sql_lines(res)]
@@ -603,9 +610,9 @@ def _load_mysql(repo: Repository, loader: Loader, dump: RecordedDump) -> str:
             raise loader.fail(f"database {db!r} has {per_db[db]} tables, the dump creates {scan.tables[db]}", "")
     rows = 0
     if found:
-        query = " UNION ALL ".join(f"SELECT COUNT(*) FROM {_my_quote(db)}.{_my_quote(t)}" for db, t in found)
-        script = shlex.quote(f"SELECT SUM(n) FROM ({query.replace('COUNT(*)', 'COUNT(*) AS n')}) AS c")
-        res = loader.run(["sh", "-c", f"{_MY_CLIENT} -N -B -e {script}"], env)
+        query = " UNION ALL ".join(f"SELECT COUNT(*) AS n FROM {_my_quote(db)}.{_my_quote(t)}" for db, t in found)
+        script = loader.put_text(f"SELECT SUM(n) FROM ({query}) AS c;\n")
+        res = loader.run(["sh", "-c", f"{_MY_CLIENT} -N -B < {script}"], env)
         if res.exit_code != 0:
             raise loader.fail("a row count query failed", res.stderr)
         rows = int(res.stdout.strip() or 0)
