@@ -15,7 +15,7 @@ import pytest
 
 from cargohold.backends import MemoryBackend
 from cargohold.docker.connect import Endpoint
-from cargohold.docker.helper import helper_container, volume_mount
+from cargohold.docker.helper import ensure_helper_image, helper_container, volume_mount
 from cargohold.docker.sdk import SdkDocker
 from cargohold.errors import DockerConflict, EngineUnreachable, VolumeNotFound
 from cargohold.repo.keys import KdfParams
@@ -34,7 +34,14 @@ from cargohold.services.migrate import (
     move_project,
     restore_project,
 )
-from cargohold.services.volume_sync import SyncState, check_volume, deletions_by_replacement, delta_tar, tree_delta
+from cargohold.services.volume_sync import (
+    SyncState,
+    _delete_api,
+    check_volume,
+    deletions_by_replacement,
+    delta_tar,
+    tree_delta,
+)
 from cargohold.testbed.resources import Resources
 
 SERVICE = ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
@@ -465,3 +472,17 @@ def test_archive_api_deletes_by_replacing_the_directory(
     assert stats.files == 2  # up/a sent whole: keep.txt and new.txt; up/b and top.txt not
     volume = docker_port.inspect_volume(vol)
     assert check_volume(repo, docker_port, volume, new, direct=None, exact=False).problems == []
+
+
+def test_archive_api_deletes_with_rm_from_an_image_with_a_shell(
+    docker_port: SdkDocker, resources: Resources, busybox_image: str
+) -> None:
+    vol = resources.volume("rm")
+    root = Path(docker_port.inspect_volume(vol).mountpoint)
+    (root / "d").mkdir()
+    for name in ("-rf", "a b", "keep"):
+        (root / "d" / name).write_text(name)
+    helper = ensure_helper_image(docker_port)  # no shell in it: skipped
+    assert not _delete_api(docker_port, vol, ["d/-rf", "d/a b"], [helper])
+    assert _delete_api(docker_port, vol, ["d/-rf", "d/a b"], [helper, busybox_image])
+    assert sorted(os.listdir(root / "d")) == ["keep"]

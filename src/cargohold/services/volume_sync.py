@@ -9,14 +9,19 @@ for the old one). The next sync compares the two snapshots' trees (:func:`tree_d
 equal subtrees have equal ids and are skipped unread) and writes only the difference: new and
 changed entries, deletions, metadata.
 
-* direct (local, writable mountpoint): deletions with the file system, changed files with the
-  restorer limited to them, metadata with ``apply_metadata``. Before writing, a metadata walk
-  checks that the target still holds the previous snapshot; if someone changed it, the sync
-  refuses (or, with ``force``, replaces everything after a safety snapshot).
-* api (remote engine): a tar of just the changed entries through the archive API into a
-  never-started helper; deletions (which the archive API cannot do) with ``rm`` in a
-  short-lived container of an image that has a shell — an image of a container that uses the
-  volume there, or of one recorded in the snapshot; with none, the whole volume is restored.
+* direct (local, writable mountpoint): deletions with the file system; a file changed in
+  place gets only its changed chunks (same chunk at the same offset = same bytes); other new
+  or changed files go through the restorer limited to them; metadata with
+  ``apply_metadata``. Before writing, a metadata walk checks that the target still holds the
+  previous snapshot; if someone changed it, the sync refuses (or, with ``force``, replaces
+  everything after a safety snapshot).
+* api (remote engine): a tar of just the changed entries (whole files) through the archive
+  API into a never-started helper. The archive API cannot delete: deletions run ``rm`` in a
+  short-lived container of an image with a shell (of a container that uses the volume
+  there, of one recorded in the snapshot, or of a few other containers of the engine); with
+  none, a directory that lost entries is replaced — a file entry of its name, then the
+  directory sent whole (:func:`deletions_by_replacement`); only deletions at the volume's top
+  level then need a full restore.
 
 At the end every entry of the target is compared with the snapshot (content by chunk ids,
 owner, mode, times); a mismatch is reported and the record dropped, so the next sync is full.
@@ -79,11 +84,16 @@ from cargohold.services.verify import Comparison, _Hasher, _observe_dir, _observ
 #: Above this many changed paths a delta is written by whole directories (the restorer's
 #: include matching is linear in the number of includes).
 MAX_INCLUDES = 200
+
+
 # --- what cargohold put where -----------------------------------------------------------
 
 
 @dataclass
 class SyncRecord:
+    """Snapshot ``snapshot`` of repository ``repository`` is what volume ``volume`` of engine
+    ``engine_id`` holds, as cargohold wrote it."""
+
     engine_id: str
     volume: str
     #: The target volume's CreatedAt: a volume removed and recreated is another volume.
@@ -467,38 +477,50 @@ def deletions_by_replacement(repo: Repository, snapshot: Snapshot, delta: Delta)
     return True
 
 
+#: Paths handed to one ``rm`` (the command line of a process is limited).
+RM_BATCH = 1000
+
+
+def _run_rm(docker: DockerPort, image: str, volume: str, paths: Sequence[str]) -> int | None:
+    """Exit code of ``rm -rf -- PATHS`` run in the volume from ``image``; None if it has no shell."""
+    cid = docker.create_container(
+        image,
+        entrypoint=["sh", "-c", f'cd {HELPER_MOUNT} && rm -rf -- "$@"', "sh", *paths],
+        command=[],
+        mounts=[{"Type": "volume", "Source": volume, "Target": HELPER_MOUNT}],
+        labels={"cargohold.helper": "delete"},
+        network_mode="none",
+        user="0",
+    )
+    try:
+        try:
+            docker.start(cid)
+        except DockerAPIError:
+            return None  # no sh in this image
+        code = docker.wait(cid, timeout=600)
+        if code not in (0, 126, 127):
+            raise ConsistencyError(
+                f"deleting {len(paths)} entries in volume {volume!r} failed (exit {code}): "
+                f"{docker.logs(cid, tail=3).strip()}"
+            )
+        return None if code else 0
+    finally:
+        with contextlib.suppress(DockerNotFound):
+            docker.remove_container(cid, force=True)
+
+
 def _delete_api(docker: DockerPort, volume: str, paths: Sequence[str], images: Sequence[str]) -> bool:
     """Delete ``paths`` in the volume with ``rm`` from one of ``images``; False if none has a shell.
 
-    The archive API can write but not delete, so this runs a short-lived container (no network)."""
-    script = f'cd {HELPER_MOUNT} && rm -rf -- "$@"'
+    The archive API can write but not delete, so this runs short-lived containers (no network)."""
+    batches = [paths[i : i + RM_BATCH] for i in range(0, len(paths), RM_BATCH)]
     for image in images:
-        cid = docker.create_container(
-            image,
-            entrypoint=["sh", "-c", script, "sh", *paths],
-            command=[],
-            mounts=[{"Type": "volume", "Source": volume, "Target": HELPER_MOUNT}],
-            labels={"cargohold.helper": "delete"},
-            network_mode="none",
-            user="0",
-        )
-        try:
-            try:
-                docker.start(cid)
-            except DockerAPIError:
-                continue  # no sh in this image
-            code = docker.wait(cid, timeout=600)
-            if code in (126, 127):
-                continue
-            if code != 0:
-                raise ConsistencyError(
-                    f"deleting {len(paths)} entries in volume {volume!r} failed (exit {code}): "
-                    f"{docker.logs(cid, tail=3).strip()}"
-                )
-            return True
-        finally:
-            with contextlib.suppress(DockerNotFound):
-                docker.remove_container(cid, force=True)
+        if _run_rm(docker, image, volume, batches[0]) is None:
+            continue
+        for batch in batches[1:]:
+            if _run_rm(docker, image, volume, batch) is None:
+                raise ConsistencyError(f"deleting entries in volume {volume!r} with image {image} stopped working")
+        return True
     return False
 
 
