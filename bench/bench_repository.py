@@ -397,6 +397,11 @@ def versions() -> dict[str, str]:
                 check=False,
             ).stdout.split()[1::2]
         ),
+        "cargohold_diff_sha256": hashlib.sha256(
+            subprocess.run(
+                ["git", "-C", str(ROOT), "diff", "HEAD", "--", "src"], capture_output=True, check=False
+            ).stdout
+        ).hexdigest()[:16],
         "restic": first_line(["restic", "version"]),
         "zstd": first_line(["zstd", "--version"]),
         "tar": first_line(["tar", "--version"]),
@@ -414,6 +419,7 @@ def bench_scale(scale: float, workdir: Path, runs: int, profile: str | None) -> 
     env["XDG_CACHE_HOME"] = str(work / "xdg-cache")
     env["XDG_DATA_HOME"] = str(work / "xdg-data")
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    versions_start = versions()
 
     print(f"== scale {scale}: generating the corpus in {src} ...", flush=True)
     gen0_s = make_corpus(src, scale, 0)
@@ -494,7 +500,7 @@ def bench_scale(scale: float, workdir: Path, runs: int, profile: str | None) -> 
             ).stdout.strip(),
             "page_cache": "warm: nothing dropped (shared machine); every tool reads the corpus from memory",
         },
-        "versions": versions(),
+        "versions": versions_start,
         "corpus": {
             "generation0": {"files": files0, "bytes": bytes0, "generate_s": round(gen0_s, 2)},
             "generation1": {"files": files1, "bytes": bytes1, "generate_s": round(gen1_s, 2)},
@@ -502,6 +508,9 @@ def bench_scale(scale: float, workdir: Path, runs: int, profile: str | None) -> 
         "verified_entries": verified,
         "tools": {t.name: summarize(t) for t in tools},
     }
+    if versions() != versions_start:
+        result["warning"] = "the cargohold working tree changed during the run: figures mix versions"
+        print(f"WARNING: {result['warning']}", file=sys.stderr)
     result["ratios"] = ratios(result["tools"]["cargohold"], result["tools"]["restic"])
     all_runs = [r for t in tools for rs in t.runs.values() for r in rs]
     cores = os.cpu_count() or 1
@@ -558,6 +567,7 @@ def _fmt(metric: str, v: float | None) -> str:
 def table(result: dict[str, Any]) -> str:
     t = result["tools"]
     lines = [
+        *([f"WARNING: {result['warning']}"] if "warning" in result else []),
         f"scale {result['scale']}: {result['corpus']['generation0']['files']} files, "
         f"{result['corpus']['generation0']['bytes'] / 1e6:.0f} MB; "
         f"cargohold at {result['versions']['cargohold_commit']}, {result['runs']} run(s); "
