@@ -486,3 +486,36 @@ def test_archive_api_deletes_with_rm_from_an_image_with_a_shell(
     assert not _delete_api(docker_port, vol, ["d/-rf", "d/a b"], [helper])
     assert _delete_api(docker_port, vol, ["d/-rf", "d/a b"], [helper, busybox_image])
     assert sorted(os.listdir(root / "d")) == ["keep"]
+
+
+def test_cli_project_restore_under_a_new_name(
+    tmp_path: Path, docker_port: SdkDocker, resources: Resources, busybox_image: str
+) -> None:
+    env = {
+        **os.environ,
+        "CARGOHOLD_REPO": str(tmp_path / "repo"),
+        "CARGOHOLD_PASSWORD": "pw",
+        "CARGOHOLD_KDF": "fast",
+        "CARGOHOLD_STATE_DIR": str(tmp_path / "state"),
+    }
+    cli = [sys.executable, "-m", "cargohold.cli.app"]
+    subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
+    project = resources.name("cliproj")
+    _data, _db, cache = _project(docker_port, resources, busybox_image, project)
+    resources.track_volume(_anonymous_of(docker_port, cache))
+    backup = subprocess.run([*cli, "backup", "--project", project], env=env, capture_output=True, text=True)
+    assert backup.returncode == 0, backup.stderr
+    new = resources.name("cliproj-new")
+    for key in ("data", "anon-cache-1"):
+        resources.track_volume(f"{new}_{key}")
+    res = subprocess.run(
+        [*cli, "project", "restore", project, "--as", new], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"restored project {project} as {new}" in res.stdout and "compose file changes:" in res.stdout
+    assert Path(docker_port.inspect_volume(f"{new}_data").mountpoint, "table").read_text() == "rows\n"
+    again = subprocess.run(
+        [*cli, "project", "restore", project, "--as", new], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 10 and "not empty" in again.stderr and len(again.stderr.splitlines()) == 1
+    print(res.stdout)

@@ -66,6 +66,11 @@ def test_plan_renames_and_relabels() -> None:
     assert lines[-1].endswith("docker compose -p shop2 up -d")
 
 
+def test_a_new_name_must_be_a_compose_project_name() -> None:
+    with pytest.raises(UsageError, match="not a compose project name"):
+        plan_volumes([("shop_data", {}, [])], project="shop", new_project="Shop 2")
+
+
 def test_plan_without_a_new_name_keeps_names() -> None:
     plans = plan_volumes(
         [("shop_data", {"com.docker.compose.project": "shop"}, []), ("uploads", {}, [])], project="shop"

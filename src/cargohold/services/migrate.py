@@ -24,6 +24,7 @@ The source data is only ever read.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ def _first_user(containers: Sequence[Mapping[str, Any]]) -> tuple[str | None, st
     return None, None
 
 
+#: Compose's rule for project names (``docker compose -p``).
+_PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
 def plan_volumes(
     volumes: Sequence[tuple[str, Mapping[str, str], Sequence[Mapping[str, Any]]]],
     *,
@@ -115,6 +120,11 @@ def plan_volumes(
 ) -> list[VolumePlan]:
     """Target names and labels for ``(name, labels, containers meta)`` of a project's volumes."""
     new = new_project or project
+    if new_project is not None and not _PROJECT_NAME.match(new_project):
+        raise UsageError(
+            f"--as {new_project!r} is not a compose project name",
+            hint="use lowercase letters, digits, '-' and '_', starting with a letter or digit",
+        )
     anon_count: dict[str, int] = defaultdict(int)
     plans = []
     # anonymous volumes are numbered per service in the order of their mount paths
