@@ -232,7 +232,7 @@ class Resources:
         errors: list[str] = []
         for ctr in reversed(self.containers):
             try:
-                self.port.remove_container(ctr, force=True)
+                self.port.remove_container(ctr, force=True, volumes=True)  # and its anonymous volumes
             except DockerNotFound:
                 pass
             except CargoholdError as exc:
