@@ -20,6 +20,7 @@ from cargohold.services.dump_restore import (
     PgScan,
     files_tar,
     pg_connect_target,
+    pg_errors,
     plan,
     sqlite_check,
     tar_member,
@@ -248,3 +249,17 @@ def test_sqlite_check(tmp_path: Path) -> None:
     broken.write_bytes(bytes(raw))
     with pytest.raises(ConsistencyError):
         sqlite_check(str(broken))
+
+
+def test_pg_errors_ignores_only_what_a_fresh_cluster_always_says() -> None:
+    stderr = (
+        b"psql:/tmp/d.sql:14: ERROR:  current user cannot be dropped\n"
+        b'psql:/tmp/d.sql:22: ERROR:  role "postgres" already exists\n'
+        b'psql:/tmp/d.sql:23: NOTICE:  database "shop" does not exist, skipping\n'
+    )
+    assert pg_errors(stderr, "postgres") == []
+    other = b'psql:/tmp/d.sql:30: ERROR:  role "app" already exists\npsql:/tmp/d.sql:31: ERROR:  syntax error\n'
+    assert pg_errors(other, "postgres") == [
+        'psql:/tmp/d.sql:30: ERROR:  role "app" already exists',
+        "psql:/tmp/d.sql:31: ERROR:  syntax error",
+    ]

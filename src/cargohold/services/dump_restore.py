@@ -73,7 +73,14 @@ STOP_TIMEOUT = 120
 #: PID 1 names (/proc/1/comm, 15 characters at most) of entrypoint scripts still initialising.
 _SHELLS = frozenset({"sh", "bash", "dash", "ash", "docker-entrypoi", "entrypoint.sh", "cargohold-entry"})
 #: Schemas that are not user data.
-_PG_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+#: Tables a dump creates with CREATE TABLE: user tables and partitions, not those of extensions.
+_PG_TABLES = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'"
+    " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'"
+    " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
+    " AND d.objid = c.oid AND d.deptype = 'e');"
+)
 _MY_SYSTEM_DBS = ("mysql", "information_schema", "performance_schema", "sys")
 _MAX_DETAIL = 300
 
@@ -493,14 +500,14 @@ def _sql_lines(res: ExecResult) -> list[list[str]]:
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-#: What loading pg_dumpall --clean into a fresh cluster always reports about the cluster's own user.
-_PG_BENIGN = (re.compile(r"current user cannot be dropped"), re.compile(r'role "[^"]+" already exists'))
 
-
-def _pg_errors(stderr: bytes) -> list[str]:
+def pg_errors(stderr: bytes, user: str) -> list[str]:
+    """psql's errors, less the two that loading ``pg_dumpall --clean`` into a fresh cluster always
+    reports about the cluster's own superuser (it cannot drop itself, and exists already)."""
+    benign = ("current user cannot be dropped", f'role "{user}" already exists')
     out = []
     for line in stderr.decode("utf-8", "replace").splitlines():
-        if "ERROR:" in line and not any(p.search(line) for p in _PG_BENIGN):
+        if "ERROR:" in line and not any(b in line for b in benign):
             out.append(line.strip())
     return out
 
@@ -519,7 +526,7 @@ def _load_postgres(repo: Repository, loader: Loader, dump: RecordedDump) -> str:
     loader.start_and_wait(["pg_isready", "-q", "-U", user])
     psql = ["psql", "-X", "-q", "-U", user, "-d", "postgres", "-v", "ON_ERROR_STOP=0"]
     res = loader.run([*psql, "-f", f"{DUMP_DIR}/{name}"], env)
-    errors = _pg_errors(res.stderr)
+    errors = pg_errors(res.stderr, user)
     if res.exit_code != 0 or errors:
         raise loader.fail(f"psql reported {len(errors)} error(s)", "\n".join(errors[:3]) or res.stderr)
     loader.run(["rm", "-f", f"{DUMP_DIR}/{name}"])
@@ -534,8 +541,7 @@ def _load_postgres(repo: Repository, loader: Loader, dump: RecordedDump) -> str:
         raise loader.fail("databases missing after the load", ", ".join(missing))
     tables = rows = 0
     for db in sorted(present):
-        schemas = ", ".join(f"'{s}'" for s in _PG_SYSTEM_SCHEMAS)
-        sql = [f"SELECT 1; SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ({schemas});"]
+        sql = ["SELECT 1;", _PG_TABLES]
         copies = sorted(t for d, t in scan.rows if d == db)
         sql += [f"SELECT count(*) FROM {t};" for t in copies]
         script = loader.put_text("\n".join(sql) + "\n")  # a file: one argument may hold only 128 KiB
