@@ -17,7 +17,7 @@ from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import Restorer
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tar_writer import TarStats
-from cargohold.services.verify import _Hasher, _observe_dir, compare, expected_nodes
+from cargohold.services.verify import Hasher, compare, expected_nodes, observe_dir
 from cargohold.services.volume_sync import (
     SyncRecord,
     SyncState,
@@ -68,9 +68,9 @@ def change(root: Path) -> None:
 
 def matches(repo: Repository, s: Snapshot, root: Path) -> list[str]:
     expected = expected_nodes(repo, s)
-    hasher = _Hasher(repo)
+    hasher = Hasher(repo)
     return compare(
-        repo, expected, _observe_dir(root, expected, hasher), seconds_only=False, owners=True, hasher=hasher
+        repo, expected, observe_dir(root, expected, hasher), seconds_only=False, owners=True, hasher=hasher
     ).problems
 
 

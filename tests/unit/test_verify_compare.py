@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from cargohold.repo.archiver import Archiver
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import Restorer
+from cargohold.repo.tar_writer import Content
 from cargohold.repo.verifications import latest_by_snapshot, load_all
-from cargohold.services.verify import _Hasher, _observe_dir, compare, expected_nodes, verify
+from cargohold.services.verify import Hasher, compare, expected_nodes, observe_dir, verify
 
 
 @pytest.fixture()
@@ -34,8 +36,12 @@ def snapshot_of(repo: Repository, src: Path):  # type: ignore[no-untyped-def]
 
 def check(repo: Repository, snap, root: Path) -> list[str]:  # type: ignore[no-untyped-def]
     expected = expected_nodes(repo, snap)
-    hasher = _Hasher(repo)
-    cmp = compare(repo, expected, _observe_dir(root, expected, hasher), seconds_only=False, owners=True, hasher=hasher)
+    hasher = Hasher(repo)
+    with ThreadPoolExecutor(2) as pool:
+        observed = observe_dir(root, expected, hasher)
+        cmp = compare(
+            repo, expected, observed, seconds_only=False, owners=True, hasher=hasher, content=Content(repo, pool)
+        )
     return cmp.problems
 
 
@@ -72,3 +78,30 @@ def test_verify_directory_snapshot_records_the_outcome(tmp_path: Path, repo: Rep
     assert record.ok and record.method == "directory" and record.files == 3 and record.problems == []
     [stored] = load_all(repo)
     assert stored.id == record.id and stored.ok and latest_by_snapshot([stored])[snap.id].ok
+
+
+def test_holes_filled_with_zeros_are_not_a_difference(tmp_path: Path, repo: Repository) -> None:
+    """A sparse file restored through the archive API arrives without holes: same bytes, no alarm."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+        f.seek(3_000_000)
+        f.write(b"middle")
+    snap = Archiver(repo).run(src).snapshot
+    assert snap is not None
+    out = tmp_path / "out"
+    Restorer(repo).run(snap, out)
+    st = os.stat(out / "sparse")
+    data = (out / "sparse").read_bytes()
+    (out / "sparse").unlink()
+    (out / "sparse").write_bytes(data)  # every block allocated now
+    os.utime(out / "sparse", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(out, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns))
+    assert os.stat(out / "sparse").st_blocks * 512 >= 8 * 1024 * 1024
+    assert check(repo, snap, out) == []
+    with open(out / "sparse", "r+b") as f:
+        f.seek(100)
+        f.write(b"x")
+    os.utime(out / "sparse", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert check(repo, snap, out) == ["sparse: content differs"]

@@ -46,7 +46,7 @@ class TarStats:
     skipped: int = 0
 
 
-def _header(node: Node, path: str) -> tarfile.TarInfo:
+def tar_header(node: Node, path: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(path)
     info.type = _TYPES[node.type]
     info.mode = node.mode
@@ -67,7 +67,7 @@ def _header(node: Node, path: str) -> tarfile.TarInfo:
     return info
 
 
-def _encode(info: tarfile.TarInfo) -> bytes:
+def encode_header(info: tarfile.TarInfo) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
@@ -147,8 +147,8 @@ def snapshot_tar(
         content = Content(repo, pool)
         if snapshot.root is not None and not wanted:
             root = Node(**{**snapshot.root.__dict__, "name": b""})
-            yield _encode(_header(root, prefix))
-        yield from _walk(repo, snapshot.tree, prefix, content, links, stats, wanted)
+            yield encode_header(tar_header(root, prefix))
+        yield from walk_tree(repo, snapshot.tree, prefix, content, links, stats, wanted)
     yield bytes(2 * BLOCK)
 
 
@@ -161,7 +161,7 @@ def _check_include(repo: Repository, snapshot: Snapshot, wanted: tuple[bytes, ..
         tree_id = node.subtree
 
 
-def _walk(
+def walk_tree(
     repo: Repository,
     tree_id: bytes,
     path: str,
@@ -182,13 +182,13 @@ def _walk(
             key = (node.device, node.inode)
             first = links.get(key)
             if first is not None:
-                info = _header(node, name)
+                info = tar_header(node, name)
                 info.type, info.linkname, info.size = tarfile.LNKTYPE, first, 0
-                yield _encode(info)
+                yield encode_header(info)
                 stats.files += 1
                 continue
             links[key] = name
-        yield _encode(_header(node, name))
+        yield encode_header(tar_header(node, name))
         if node.type == FILE:
             stats.files += 1
             written = 0
@@ -203,7 +203,7 @@ def _walk(
         elif node.type == DIR:
             stats.dirs += 1
             if node.subtree is not None:
-                yield from _walk(repo, node.subtree, name, content, links, stats, rest)
+                yield from walk_tree(repo, node.subtree, name, content, links, stats, rest)
         else:
             stats.others += 1
 
@@ -222,10 +222,10 @@ def directory_tar(root: str | os.PathLike[str], *, chunk: int = 1 << 20) -> Iter
             info.mode, info.uid, info.gid, info.mtime = st.st_mode & 0o7777, st.st_uid, st.st_gid, int(st.st_mtime)
             if name is None:
                 info.type = tarfile.DIRTYPE
-                yield _encode(info)
+                yield encode_header(info)
                 continue
             info.size = st.st_size
-            yield _encode(info)
+            yield encode_header(info)
             written = 0
             with open(full, "rb") as f:
                 while written < info.size and (piece := f.read(min(chunk, info.size - written))):

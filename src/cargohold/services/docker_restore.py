@@ -106,7 +106,7 @@ def _create_volume(docker: DockerPort, name: str, meta: dict[str, Any]) -> Volum
     )
 
 
-def _is_empty(docker: DockerPort, volume: VolumeInfo, direct: str | None) -> bool:
+def volume_is_empty(docker: DockerPort, volume: VolumeInfo, direct: str | None) -> bool:
     if direct is not None:
         return not os.listdir(direct)
     mount = {"Type": "volume", "Source": volume.name, "Target": HELPER_MOUNT, "ReadOnly": True}
@@ -205,7 +205,7 @@ def restore_volume(
     # A new volume is empty, unless its options bind it to a device or directory that has data.
     check_empty = not created or bool({"device", "type"} & set(volume.options))
     with quiescer.hold(participants, purpose=f"restore into volume {volume.name}", mode=Mode.STOP) as window:
-        if check_empty and not _is_empty(docker, volume, direct):
+        if check_empty and not volume_is_empty(docker, volume, direct):
             if not req.force:
                 raise DockerConflict(
                     f"volume {volume.name!r} is not empty",

@@ -50,8 +50,8 @@ from cargohold.services.docker_backup import BackupRequest, DockerBackup, RunRep
 from cargohold.services.docker_restore import (
     VolumeRestoreReport,
     VolumeRestoreRequest,
-    _is_empty,
     restore_volume,
+    volume_is_empty,
 )
 from cargohold.services.docker_sources import SourceKind, StateSource, Via, choose_via, container_meta, resolve
 from cargohold.services.intents import IntentJournal
@@ -465,7 +465,7 @@ def restore_project(
                 hint="stop them, or pass --restart-containers",
             )
         source = StateSource(SourceKind.VOLUME, volume.name, volume)
-        if not req.force and not _is_empty(docker, volume, choose_via(engine, source, Via.AUTO)[1]):
+        if not req.force and not volume_is_empty(docker, volume, choose_via(engine, source, Via.AUTO)[1]):
             raise DockerConflict(
                 f"volume {p.target!r} exists and is not empty",
                 hint="restore under another name with --as NEWNAME, or pass --force (a safety snapshot is taken)",

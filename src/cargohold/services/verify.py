@@ -102,7 +102,7 @@ def expected_nodes(repo: Repository, snapshot: Snapshot) -> dict[str, Node]:
     return out
 
 
-class _Hasher:
+class Hasher:
     """Content fingerprints of restored files, comparable with the snapshot's nodes."""
 
     def __init__(self, repo: Repository) -> None:
@@ -120,7 +120,7 @@ class _Hasher:
         return h.digest()
 
 
-def _observe_path(full: str, node: Node | None, hasher: _Hasher) -> Observed:
+def observe_path(full: str, node: Node | None, hasher: Hasher) -> Observed:
     st = os.lstat(full)
     kind = _kind(st.st_mode)
     obs = Observed(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
@@ -132,21 +132,27 @@ def _observe_path(full: str, node: Node | None, hasher: _Hasher) -> Observed:
             fd = os.open(full, os.O_RDONLY)
             try:
                 extents = data_extents(fd, st.st_size) if node.extents is not None else None
-                data_size = st.st_size if extents is None else sum(n for _, n in extents)
-                obs.chunks = hasher.chunk_ids(ExtentReader(fd, extents, st.st_size), node, data_size)
+                if node.extents is not None and extents != node.extents:
+                    # The holes were not kept (written through the archive API, or a file system
+                    # without them): compare the bytes, zeros included, not the chunks.
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        obs.digest = _digest(f)
+                else:
+                    data_size = st.st_size if extents is None else sum(n for _, n in extents)
+                    obs.chunks = hasher.chunk_ids(ExtentReader(fd, extents, st.st_size), node, data_size)
             finally:
                 os.close(fd)
     return obs
 
 
-def _observe_dir(root: Path, expected: dict[str, Node], hasher: _Hasher) -> Iterator[tuple[str, Observed]]:
-    yield "", _observe_path(str(root), expected.get(""), hasher)
+def observe_dir(root: Path, expected: dict[str, Node], hasher: Hasher) -> Iterator[tuple[str, Observed]]:
+    yield "", observe_path(str(root), expected.get(""), hasher)
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         prefix = "" if rel_dir == "." else rel_dir + "/"
         for name in sorted([*dirnames, *filenames]):
             rel = prefix + name
-            yield rel, _observe_path(os.path.join(dirpath, name), expected.get(rel), hasher)
+            yield rel, observe_path(os.path.join(dirpath, name), expected.get(rel), hasher)
 
 
 def _kind(mode: int) -> str:
@@ -160,7 +166,7 @@ def _digest(stream: IO[bytes]) -> bytes:
     return h.digest()
 
 
-def _observe_tar(stream: IO[bytes], expected: dict[str, Node], hasher: _Hasher) -> Iterator[tuple[str, Observed]]:
+def observe_tar(stream: IO[bytes], expected: dict[str, Node], hasher: Hasher) -> Iterator[tuple[str, Observed]]:
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             rel = os.path.normpath(member.name).removeprefix("./")
@@ -192,7 +198,7 @@ def compare(
     *,
     seconds_only: bool,
     owners: bool,
-    hasher: _Hasher,
+    hasher: Hasher,
     content: Content | None = None,
 ) -> Comparison:
     result = Comparison()
@@ -257,12 +263,21 @@ def _verify_in_volume(
                 cmp.problem(f"{path}: damaged in the repository: {why}")
             return cmp, report.via.value, engine.host
         expected = expected_nodes(repo, snapshot)
-        hasher = _Hasher(repo)
+        hasher = Hasher(repo)
         mountpoint = docker.inspect_volume(scratch).mountpoint
         readable = engine.local and mountpoint and os.access(mountpoint, os.R_OK | os.X_OK)
         if readable and req.via is not Via.API:
-            observed = _observe_dir(Path(mountpoint), expected, hasher)
-            cmp = compare(repo, expected, observed, seconds_only=report.via is Via.API, owners=True, hasher=hasher)
+            observed = observe_dir(Path(mountpoint), expected, hasher)
+            with ThreadPoolExecutor(2) as pool:
+                cmp = compare(
+                    repo,
+                    expected,
+                    observed,
+                    seconds_only=report.via is Via.API,
+                    owners=True,
+                    hasher=hasher,
+                    content=Content(repo, pool),
+                )
             return cmp, report.via.value, engine.host
         mount = {"Type": "volume", "Source": scratch, "Target": HELPER_MOUNT, "ReadOnly": True}
         with (
@@ -270,7 +285,7 @@ def _verify_in_volume(
             open_stream(docker.get_archive(cid, f"{HELPER_MOUNT}/.")) as stream,
             ThreadPoolExecutor(2) as pool,
         ):
-            observed = _observe_tar(stream, expected, hasher)
+            observed = observe_tar(stream, expected, hasher)
             cmp = compare(
                 repo, expected, observed, seconds_only=True, owners=True, hasher=hasher, content=Content(repo, pool)
             )
@@ -289,9 +304,18 @@ def _verify_in_directory(repo: Repository, snapshot: Snapshot) -> Comparison:
                 cmp.problem(f"{path}: damaged in the repository: {why}")
             return cmp
         expected = expected_nodes(repo, snapshot)
-        hasher = _Hasher(repo)
-        observed = _observe_dir(scratch / "r", expected, hasher)
-        return compare(repo, expected, observed, seconds_only=False, owners=os.geteuid() == 0, hasher=hasher)
+        hasher = Hasher(repo)
+        observed = observe_dir(scratch / "r", expected, hasher)
+        with ThreadPoolExecutor(2) as pool:
+            return compare(
+                repo,
+                expected,
+                observed,
+                seconds_only=False,
+                owners=os.geteuid() == 0,
+                hasher=hasher,
+                content=Content(repo, pool),
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -65,21 +65,21 @@ from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tar_archiver import open_stream
-from cargohold.repo.tar_writer import BLOCK, Content, TarStats, _encode, _header, _walk, file_body
+from cargohold.repo.tar_writer import BLOCK, Content, TarStats, encode_header, file_body, tar_header, walk_tree
 from cargohold.repo.tree import DIR, FILE, SOCKET, Node
 from cargohold.services.docker_backup import HELPER_MOUNT
 from cargohold.services.docker_restore import (
     VolumeRestoreReport,
     VolumeRestoreRequest,
-    _is_empty,
     check_restorable,
     restore_volume,
+    volume_is_empty,
 )
 from cargohold.services.docker_sources import SourceKind, StateSource, User, Via, choose_via
 from cargohold.services.intents import IntentJournal, state_dir
 from cargohold.services.inventory import inspect_containers
 from cargohold.services.repository import locks_of
-from cargohold.services.verify import Comparison, _Hasher, _observe_dir, _observe_tar, compare, expected_nodes
+from cargohold.services.verify import Comparison, Hasher, compare, expected_nodes, observe_dir, observe_tar
 
 #: Above this many changed paths a delta is written by whole directories (the restorer's
 #: include matching is linear in the number of includes).
@@ -282,15 +282,15 @@ def _collapse(paths: Sequence[str], limit: int = MAX_INCLUDES) -> list[str]:
 
 def _entry(node: Node, name: str, content: Content, links: dict[tuple[int, int], str]) -> Iterator[bytes]:
     """One tar entry (a hard link to a name sent before, when it is one)."""
-    info = _header(node, name)
+    info = tar_header(node, name)
     if node.type == FILE and node.links > 1 and node.inode:
         first = links.get((node.device, node.inode))
         if first is not None:
             info.type, info.linkname, info.size = tarfile.LNKTYPE, first, 0
-            yield _encode(info)
+            yield encode_header(info)
             return
         links[(node.device, node.inode)] = name
-    yield _encode(info)
+    yield encode_header(info)
     if node.type == FILE:
         written = 0
         for piece in file_body(node, content):
@@ -308,7 +308,7 @@ def delta_tar(repo: Repository, snapshot: Snapshot, delta: Delta, *, prefix: str
     with ThreadPoolExecutor(2, thread_name_prefix="ch-delta") as pool:
         content = Content(repo, pool)
         if snapshot.root is not None and delta.root_changed:
-            yield _encode(_header(Node(**{**snapshot.root.__dict__, "name": b""}), prefix))
+            yield encode_header(tar_header(Node(**{**snapshot.root.__dict__, "name": b""}), prefix))
         for path in sorted(entries, key=lambda p: p.split("/")):
             node = entries[path]
             name = f"{prefix}/{path}"
@@ -317,7 +317,7 @@ def delta_tar(repo: Repository, snapshot: Snapshot, delta: Delta, *, prefix: str
                 # directory that follows: the directory comes back empty, then gets its entries.
                 placeholder = tarfile.TarInfo(name)
                 placeholder.mode = 0o600
-                yield _encode(placeholder)
+                yield encode_header(placeholder)
             linked = node.type == FILE and node.links > 1 and node.inode and (node.device, node.inode) in links
             yield from _entry(node, name, content, links)
             if node.type == FILE:
@@ -326,7 +326,7 @@ def delta_tar(repo: Repository, snapshot: Snapshot, delta: Delta, *, prefix: str
             elif node.type == DIR:
                 stats.dirs += 1
                 if path in delta.write and node.subtree is not None:
-                    yield from _walk(repo, node.subtree, name, content, links, stats)
+                    yield from walk_tree(repo, node.subtree, name, content, links, stats)
             else:
                 stats.others += 1
     yield bytes(2 * BLOCK)
@@ -555,10 +555,10 @@ def check_volume(
 ) -> Comparison:
     """Compare every entry of a volume with ``snapshot`` (content by chunk ids, metadata)."""
     expected = expected_nodes(repo, snapshot)
-    hasher = _Hasher(repo)
+    hasher = Hasher(repo)
     if direct is not None and exact:
         return compare(
-            repo, expected, _observe_dir(Path(direct), expected, hasher), seconds_only=False, owners=True, hasher=hasher
+            repo, expected, observe_dir(Path(direct), expected, hasher), seconds_only=False, owners=True, hasher=hasher
         )
     mount = {"Type": "volume", "Source": volume.name, "Target": HELPER_MOUNT, "ReadOnly": True}
     with (
@@ -566,7 +566,7 @@ def check_volume(
         open_stream(docker.get_archive(cid, f"{HELPER_MOUNT}/.")) as stream,
         ThreadPoolExecutor(2) as pool,
     ):
-        observed = _observe_tar(stream, expected, hasher)
+        observed = observe_tar(stream, expected, hasher)
         return compare(
             repo, expected, observed, seconds_only=True, owners=True, hasher=hasher, content=Content(repo, pool)
         )
@@ -654,7 +654,7 @@ def preflight(
     if not known and not req.force:
         source = StateSource(SourceKind.VOLUME, volume.name, volume)
         _via, direct, _why = choose_via(engine, source, Via.AUTO)
-        if not _is_empty(docker, volume, direct):
+        if not volume_is_empty(docker, volume, direct):
             record = req.state.get(engine.id, volume.name)
             if record is not None and record.volume_created == volume.created_at:
                 why = (
