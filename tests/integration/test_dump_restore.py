@@ -216,6 +216,11 @@ def test_redis_restore_from_dump_and_verify(
     bad = verify(repo, with_dump(repo, snap, b"REDIS0011garbage", tmp_path), docker=docker_port,
                  endpoint=docker_port.endpoint)  # fmt: skip
     assert not bad.ok and "stopped" in bad.dumps[0].detail, bad.dumps[0].detail
+    assert f"redis dump of {snap.source.meta['dumps'][0]['container']}: " in bad.problems[-1]
+    # every scratch resource is gone, failed or not
+    assert not [v.name for v in docker_port.list_volumes() if v.labels.get("cargohold.verify") == snap.id]
+    scratch = f"cargohold-verify-dump-{snap.id[:8]}"  # (other sessions may use the engine meanwhile)
+    assert not [c.name for c in docker_port.list_containers() if scratch in c.labels.get("cargohold.helper", "")]
 
 
 def test_sqlite_copies_replace_the_live_files(
