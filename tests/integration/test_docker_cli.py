@@ -56,6 +56,9 @@ def test_backup_inventory_verify_restore(
     assert res["error"] is None and res["downtime_seconds"][ctr] > 0 and res["snapshot"]["stats"]["files"] == 2
     assert docker_port.inspect_container(ctr).state == "running"
 
+    # container environments are kept in the repository but never printed
+    ctr_meta = res["snapshot"]["source"]["meta"]["containers"][0]
+    assert ctr_meta["env"] and all(e.endswith("=<redacted>") for e in ctr_meta["env"])
     inv = json.loads(run(env, "volumes", "--json").stdout)
     assert inv["backups_read"] is True
     [entry] = [v for v in inv["volumes"] if v["name"] == vol]
@@ -109,7 +112,11 @@ def test_sigkill_during_stop_backup_then_any_command_restarts(
     # enough data that the read takes a while: we kill cargohold while the container is stopped
     fill = "for i in 1 2 3 4 5 6; do head -c 60000000 /dev/urandom > /data/blob$i; done"
     assert docker_port.exec(ctr, ["sh", "-c", fill]).exit_code == 0
-    proc = subprocess.Popen([*CLI, "backup", vol], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # --via api: the whole volume is read while the container is stopped (no pre-pass), which
+    # leaves time to kill cargohold at that moment even on a loaded machine
+    proc = subprocess.Popen(
+        [*CLI, "backup", vol, "--via", "api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 60
         while docker_port.inspect_container(ctr).state == "running":

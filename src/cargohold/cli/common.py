@@ -121,12 +121,29 @@ def note(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+REDACTED = "<redacted>"
+
+
+def redacted(meta: dict[str, Any]) -> dict[str, Any]:
+    """Snapshot metadata fit to print: container environments (passwords, tokens) keep their
+    names but not their values. The repository keeps them, encrypted, for restores."""
+    containers = meta.get("containers")
+    if not isinstance(containers, list):
+        return meta
+    clean = []
+    for c in containers:
+        if isinstance(c, dict) and isinstance(c.get("env"), list):
+            c = {**c, "env": [f"{str(e).partition('=')[0]}={REDACTED}" for e in c["env"]]}
+        clean.append(c)
+    return {**meta, "containers": clean}
+
+
 def snapshot_json(s: Snapshot) -> dict[str, Any]:
     return {
         "id": s.id,
         "short_id": s.short_id,
         "time": s.time.isoformat(),
-        "source": {"kind": s.source.kind, "name": s.source.name, "meta": s.source.meta},
+        "source": {"kind": s.source.kind, "name": s.source.name, "meta": redacted(s.source.meta)},
         "tags": s.tags,
         "hostname": s.hostname,
         "username": s.username,
