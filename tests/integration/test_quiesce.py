@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from cargohold.docker.sdk import SdkDocker
-from cargohold.errors import ConsistencyError
+from cargohold.errors import CargoholdError, ConsistencyError
 from cargohold.model.consistency import Mode, decide
 from cargohold.services.intents import IntentJournal
 from cargohold.services.quiesce import Participant, Quiescer
@@ -184,3 +185,30 @@ def test_recover_command_reports(docker_port: SdkDocker, sleepers: list[str], st
     assert res.returncode == 0, res.stderr
     assert '"outcome": "started"' in res.stdout
     assert [docker_port.inspect_container(c).state for c in sleepers] == ["running", "running"]
+
+
+def test_recover_removes_what_a_killed_run_left(docker_port: SdkDocker, busybox_image: str, state_dir: Path) -> None:
+    """Helper containers and scratch volumes of a dead cargohold process are removed; live ones stay."""
+    from cargohold.docker.helper import OWNER_LABEL, helper_labels
+
+    tag = uuid.uuid4().hex[:8]
+    dead = {**helper_labels("read"), OWNER_LABEL: f"{os.uname().nodename}:{2**22 + 4321}:1", "cargohold.test": "1"}
+    live = {**helper_labels("read"), "cargohold.test": "1"}
+    c_dead = docker_port.create_container(busybox_image, name=f"chtest-helper-dead-{tag}", labels=dead)
+    c_live = docker_port.create_container(busybox_image, name=f"chtest-helper-live-{tag}", labels=live)
+    docker_port.create_volume(
+        f"chtest-scratch-dead-{tag}", labels={OWNER_LABEL: dead[OWNER_LABEL], "cargohold.test": "1"}
+    )
+    try:
+        res = subprocess.run([*CLI, "recover", "--json"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert f"chtest-helper-dead-{tag}" in res.stdout and f"chtest-scratch-dead-{tag}" in res.stdout
+        assert f"chtest-helper-live-{tag}" not in res.stdout
+        names = {c.name for c in docker_port.list_containers(all=True)}
+        assert f"chtest-helper-live-{tag}" in names and f"chtest-helper-dead-{tag}" not in names
+    finally:
+        for cid in (c_dead, c_live):
+            with contextlib.suppress(CargoholdError):
+                docker_port.remove_container(cid, force=True)
+        with contextlib.suppress(CargoholdError):
+            docker_port.remove_volume(f"chtest-scratch-dead-{tag}", force=True)

@@ -18,6 +18,7 @@ from cargohold.cli.common import snapshot_json as _snapshot_json
 from cargohold.cli.context import state
 from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.docker.connect import resolve_endpoint
+from cargohold.docker.helper import sweep_leftovers
 from cargohold.docker.sdk import SdkDocker
 from cargohold.errors import UsageError
 from cargohold.model.consistency import DumpKind, Mode
@@ -311,11 +312,12 @@ def recover_orphans_quietly() -> None:
         _report(recover(journal, SdkDocker, intents=orphans))
 
 
-def recover_cmd(json: JsonOpt = False) -> None:
+def recover_cmd(ctx: typer.Context, json: JsonOpt = False) -> None:
     """Restart or unpause containers that an interrupted cargohold run left stopped or paused."""
     journal = IntentJournal()
     results = recover(journal, SdkDocker)
     pending = journal.pending()
+    swept = sweep_leftovers(_docker(ctx))
     if json:
         print_json(
             {
@@ -324,6 +326,8 @@ def recover_cmd(json: JsonOpt = False) -> None:
                     for r in results
                 ],
                 "pending": [{"intent": i.id, "pid": i.pid, "purpose": i.purpose} for i in pending],
+                "removed_helpers": swept.containers,
+                "removed_scratch_volumes": swept.volumes,
             }
         )
         return
@@ -336,6 +340,10 @@ def recover_cmd(json: JsonOpt = False) -> None:
         )
     for i in pending:
         typer.echo(f"still running: {i.purpose} (pid {i.pid}, intent {i.id})")
+    for name in swept.containers:
+        typer.echo(f"removed helper container {name} left by an interrupted run")
+    for name in swept.volumes:
+        typer.echo(f"removed scratch volume {name} left by an interrupted run")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,14 +14,19 @@ import tarfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 from cargohold.docker.port import DockerPort
-from cargohold.errors import DockerNotFound
+from cargohold.errors import DockerConflict, DockerNotFound
+from cargohold.procinfo import owner_gone, owner_token
 
 HELPER_REPOSITORY = "cargohold/helper"
 HELPER_TAG = "empty-1"
 HELPER_IMAGE = f"{HELPER_REPOSITORY}:{HELPER_TAG}"
 HELPER_LABEL = "cargohold.helper"
+#: Which process made a helper container or scratch volume (procinfo.owner_token()): what a
+#: killed cargohold leaves behind is removed by the next run on that engine.
+OWNER_LABEL = "cargohold.owner"
 
 
 def _empty_tar() -> bytes:
@@ -47,7 +52,7 @@ def helper_container(docker: DockerPort, mounts: Sequence[Mapping[str, object]],
         name=f"cargohold-helper-{uuid.uuid4().hex[:12]}",
         command=["/cargohold-helper-never-runs"],
         mounts=mounts,
-        labels={HELPER_LABEL: purpose},
+        labels=helper_labels(purpose),
         network_mode="none",
     )
     try:
@@ -55,6 +60,37 @@ def helper_container(docker: DockerPort, mounts: Sequence[Mapping[str, object]],
     finally:
         with suppress(DockerNotFound):
             docker.remove_container(cid, force=True)
+
+
+def helper_labels(purpose: str) -> dict[str, str]:
+    """Labels of every container cargohold creates for its own use."""
+    return {HELPER_LABEL: purpose, OWNER_LABEL: owner_token()}
+
+
+@dataclass
+class Swept:
+    containers: list[str]
+    volumes: list[str]
+
+
+def sweep_leftovers(docker: DockerPort) -> Swept:
+    """Remove helper containers and scratch volumes whose cargohold process has ended (killed)."""
+    swept = Swept([], [])
+    for c in docker.list_containers(all=True):
+        owner = c.labels.get(OWNER_LABEL)
+        if HELPER_LABEL in c.labels and owner and owner_gone(owner):
+            with suppress(DockerNotFound):
+                docker.remove_container(c.id, force=True, volumes=True)
+                swept.containers.append(c.name)
+    for v in docker.list_volumes():
+        owner = v.labels.get(OWNER_LABEL)
+        if owner and owner_gone(owner):
+            try:
+                docker.remove_volume(v.name, force=True)
+            except (DockerNotFound, DockerConflict):  # gone, or in use again: leave it
+                continue
+            swept.volumes.append(v.name)
+    return swept
 
 
 def volume_mount(volume: str, target: str = "/volume", *, read_only: bool = False) -> dict[str, object]:

@@ -40,6 +40,7 @@ from typing import Any
 
 from cargohold.backends.base import Backend
 from cargohold.errors import BackendError, ObjectExists, ObjectNotFound, RepositoryLocked, UsageError
+from cargohold.procinfo import my_start, process_gone
 
 log = logging.getLogger(__name__)
 
@@ -97,57 +98,11 @@ def _pid_namespace() -> str:
         return ""
 
 
-def _process_start(pid: int) -> tuple[str, int] | None:
-    """State letter and start time (clock ticks since boot) of ``pid``, from /proc; None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except FileNotFoundError:
-        return ("X", 0)  # no such process
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _process_gone(pid: int, start: int | None) -> bool:
-    """Whether process ``pid`` (started at ``start`` ticks, if known) no longer runs here."""
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # exists, owned by someone else
-    proc = _process_start(pid)
-    if proc is None:
-        return False
-    state, started = proc
-    if state in ("X", "Z"):  # gone or a zombie nobody reaped yet
-        return True
-    return start is not None and started != start  # the pid was reused
-
-
 def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-_MY_PID_START: dict[int, int | None] = {}
-
-
-def _my_start() -> int | None:
-    pid = os.getpid()
-    if pid not in _MY_PID_START:  # after fork the pid changes
-        proc = _process_start(pid)
-        _MY_PID_START[pid] = proc[1] if proc else None
-    return _MY_PID_START[pid]
 
 
 @dataclass
@@ -256,7 +211,7 @@ class LockManager:
             "operation": operation,
             "host": self._host,
             "pid": os.getpid(),
-            "pid_start": _my_start(),
+            "pid_start": my_start(),
             "pidns": self._pidns,
             "user": current_user(),
             "created": now,
@@ -309,7 +264,7 @@ class LockManager:
         stale = info.age > self.stale_after
         if not stale and info.host == self._host and doc.get("pidns", "") == self._pidns:
             start = doc.get("pid_start")
-            stale = _process_gone(info.pid, start if isinstance(start, int) else None)
+            stale = process_gone(info.pid, start if isinstance(start, int) else None)
         return dataclasses.replace(info, stale=stale)
 
     def _token_of(self, raw: bytes) -> str | None:

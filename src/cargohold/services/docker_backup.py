@@ -31,7 +31,7 @@ from typing import Any
 
 from cargohold import __version__
 from cargohold.docker.connect import Endpoint
-from cargohold.docker.helper import helper_container
+from cargohold.docker.helper import helper_container, sweep_leftovers
 from cargohold.docker.port import DockerPort
 from cargohold.errors import CargoholdError, DockerNotFound
 from cargohold.model.consistency import Decision, Mode, decide, strongest
@@ -177,6 +177,7 @@ class DockerBackup:
 
     def run(self, sources: Sequence[StateSource]) -> RunReport:
         report = RunReport(run_id=uuid.uuid4().hex[:16])
+        sweep_leftovers(self.docker)  # what an earlier, killed run left on this engine
         with locks_of(self.repo).shared(f"backup run {report.run_id}"):
             self.repo.load_index()  # after taking the lock: prune relies on this order
             parents = _parents(self.repo)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.docker.connect import Endpoint
-from cargohold.docker.helper import helper_container
+from cargohold.docker.helper import helper_container, helper_labels
 from cargohold.docker.port import DockerPort
 from cargohold.errors import (
     CargoholdError,
@@ -140,7 +140,7 @@ def _clear(docker: DockerPort, volume: VolumeInfo, direct: str | None, users: li
         entrypoint=["sh", "-c", f"cd {HELPER_MOUNT} && rm -rf -- ..?* .[!.]* *"],
         command=[],
         mounts=[{"Type": "volume", "Source": volume.name, "Target": HELPER_MOUNT}],
-        labels={"cargohold.helper": "clear"},
+        labels=helper_labels("clear"),
         network_mode="none",
         user="0",
     )

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from cargohold.docker.helper import HELPER_LABEL, helper_container
+from cargohold.docker.helper import OWNER_LABEL, helper_container, helper_labels
 from cargohold.docker.port import DockerPort
 from cargohold.errors import (
     CargoholdError,
@@ -56,6 +56,7 @@ from cargohold.errors import (
 )
 from cargohold.model.consistency import DumpKind
 from cargohold.model.engine import ExecResult
+from cargohold.procinfo import owner_token
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tar_writer import Content, file_body
@@ -426,7 +427,7 @@ class Loader:
             self.plan.image,
             name=f"cargohold-loader-{uuid.uuid4().hex[:12]}",
             mounts=[{"Type": "volume", "Source": self.volume, "Target": self.rec.mount_path, "ReadOnly": False}],
-            labels={HELPER_LABEL: self.purpose},
+            labels=helper_labels(self.purpose),
             environment=self.env,
             network_mode="none",
         )
@@ -811,7 +812,7 @@ def check_dumps(
         scratch = f"cargohold-verify-dump-{snapshot.id[:8]}-{uuid.uuid4().hex[:6]}"
         try:
             dump_plan = plan(docker, snapshot, name)
-            docker.create_volume(scratch, labels=dict(labels or {}))
+            docker.create_volume(scratch, labels={**(labels or {}), OWNER_LABEL: owner_token()})
             outcome = load_server_dump(repo, docker, dump_plan, scratch, keep=False)
             detail = "; ".join([outcome.detail, *outcome.warnings])
             out.append(DumpCheck(kind.value, name, True, detail))

@@ -27,6 +27,7 @@ from typing import Any
 from cargohold.docker.connect import Endpoint
 from cargohold.docker.port import DockerPort
 from cargohold.errors import DockerError, DockerNotFound
+from cargohold.procinfo import my_start, process_gone
 
 
 def state_dir(env: dict[str, str] | None = None) -> Path:
@@ -35,28 +36,6 @@ def state_dir(env: dict[str, str] | None = None) -> Path:
         return Path(env["CARGOHOLD_STATE_DIR"])
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", str(Path.home()))) / ".local" / "state")
     return Path(base) / "cargohold"
-
-
-def _proc_start_time(pid: int) -> str:
-    """The kernel's start time of a process, to tell a live holder from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # the command name (field 2) may hold spaces: split after its closing parenthesis
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def process_alive(pid: int, start_time: str) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not start_time or _proc_start_time(pid) in ("", start_time)
 
 
 @dataclass
@@ -111,7 +90,7 @@ class IntentJournal:
         return Intent(
             id=f"{int(time.time())}-{uuid.uuid4().hex[:12]}",
             pid=os.getpid(),
-            proc_start=_proc_start_time(os.getpid()),
+            proc_start=str(my_start() or ""),
             hostname=socket.gethostname(),
             engine_host=endpoint.host,
             engine_tls_verify=endpoint.tls_verify,
@@ -158,7 +137,11 @@ class IntentJournal:
     def orphaned(self) -> list[Intent]:
         """Intents whose process died on this host before putting containers back."""
         host = socket.gethostname()
-        return [i for i in self.pending() if i.hostname != host or not process_alive(i.pid, i.proc_start)]
+        return [
+            i
+            for i in self.pending()
+            if i.hostname != host or process_gone(i.pid, int(i.proc_start) if i.proc_start.isdigit() else None)
+        ]
 
 
 @dataclass(frozen=True, slots=True)

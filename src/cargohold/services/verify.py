@@ -35,9 +35,10 @@ from typing import IO, cast
 import blake3
 
 from cargohold.docker.connect import Endpoint
-from cargohold.docker.helper import helper_container
+from cargohold.docker.helper import OWNER_LABEL, helper_container
 from cargohold.docker.port import DockerPort
 from cargohold.errors import CargoholdError, UsageError
+from cargohold.procinfo import owner_token
 from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
 from cargohold.repo.fsnode import node_type
 from cargohold.repo.repository import Repository
@@ -252,7 +253,7 @@ def _verify_in_volume(
 ) -> tuple[Comparison, str, str]:
     engine = docker.engine_info()
     scratch = f"cargohold-verify-{snapshot.id[:8]}-{uuid.uuid4().hex[:6]}"
-    docker.create_volume(scratch, labels={SCRATCH_LABEL: snapshot.id})
+    docker.create_volume(scratch, labels={SCRATCH_LABEL: snapshot.id, OWNER_LABEL: owner_token()})
     try:
         report = restore_volume(
             repo, docker, endpoint, snapshot, VolumeRestoreRequest(to=scratch, via=req.via, journal=req.journal)

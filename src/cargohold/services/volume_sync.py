@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.docker.connect import Endpoint
-from cargohold.docker.helper import helper_container
+from cargohold.docker.helper import helper_container, helper_labels
 from cargohold.docker.port import DockerPort
 from cargohold.errors import (
     CargoholdError,
@@ -488,7 +488,7 @@ def _run_rm(docker: DockerPort, image: str, volume: str, paths: Sequence[str]) -
         entrypoint=["sh", "-c", f'cd {HELPER_MOUNT} && rm -rf -- "$@"', "sh", *paths],
         command=[],
         mounts=[{"Type": "volume", "Source": volume, "Target": HELPER_MOUNT}],
-        labels={"cargohold.helper": "delete"},
+        labels=helper_labels("delete"),
         network_mode="none",
         user="0",
     )
