@@ -73,6 +73,10 @@ class Checker:
 
         for slot, msg in sorted(keyslots.damaged_keys(self.repo.backend).items()):
             self._damage("key", f"keys/{slot}", msg)
+        # Snapshots before the index: a snapshot is written after its index file, so a backup
+        # committing meanwhile cannot make its trees look lost.
+        errors: dict[str, str] = {}
+        snaps = self.repo.snapshots(errors)
         self.repo.load_index()
         for name, msg in sorted(self.repo.load_report.damaged_index.items()):
             self._damage("index", f"index/{name}", f"{msg} (`cargohold rebuild-index` rewrites the index)")
@@ -88,8 +92,6 @@ class Checker:
                 n = max(1, round(len(chosen) * subset / 100.0)) if chosen and subset > 0 else 0
                 chosen = random.sample(chosen, min(n, len(chosen)))
             self._read_packs(chosen)
-        errors: dict[str, str] = {}
-        snaps = self.repo.snapshots(errors)
         for sid, msg in sorted(errors.items()):
             self._damage("snapshot", f"snapshots/{sid}", msg)
         self.report.snapshots = len(snaps)

@@ -137,10 +137,13 @@ class Pruner:
 
     def _phase1(self) -> None:
         repo = self.repo
-        repo.load_index()
-        packs, index_files = live_pack_records(repo)
+        # Snapshots first, index second: a snapshot is written after its index file, so every
+        # snapshot listed here has its blobs in the index read next, even if a backup commits
+        # in between. (Backups committing later are protected by the marker's lock list.)
         errors: dict[str, str] = {}
         snaps = repo.snapshots(errors)
+        repo.load_index()
+        packs, index_files = live_pack_records(repo)
         if errors:
             sid = sorted(errors)[0]
             raise IntegrityError(
@@ -276,8 +279,8 @@ class Pruner:
         if not ready:
             return
         repo = self.repo
+        snaps = repo.snapshots()  # before the index: see _phase1
         repo.load_index()
-        snaps = repo.snapshots()
         used = used_blobs(repo, snaps)
         present = dict(repo.list_packs())
         for name, doc in ready:

@@ -407,25 +407,39 @@ class Repository:
         return decode_index(decode_object(self.cipher, stored, AD_INDEX, what=what), what=what)
 
     def load_index(self) -> None:
-        """Read every index file (in parallel); damaged ones are noted, not fatal."""
-        names = self.list_index_files()
-        results: dict[str, tuple[list[PackRecord], list[bytes]]] = {}
+        """Read every index file (in parallel); damaged ones are noted, not fatal.
+
+        An index file that disappears between listing and reading was superseded by a prune
+        that has written its replacement first: list again and read the new files.
+        """
+        loaded: dict[str, tuple[list[PackRecord], list[bytes]]] = {}
         report = LoadReport()
+        for _attempt in range(10):
+            names = self.list_index_files()
+            vanished: list[str] = []
+            report = LoadReport()
 
-        def one(name: str) -> None:
-            try:
-                results[name] = self.read_index_file(name)
-            except (IntegrityError, BackendError) as err:
+            def one(name: str, report: LoadReport = report, vanished: list[str] = vanished) -> None:
+                if name in loaded:
+                    return
                 try:
-                    self.backend.stat(f"index/{name}")
-                except ObjectNotFound:
-                    return  # deleted since listed: a prune superseded it; not damage
-                except BackendError:
-                    pass
-                report.damaged_index[name] = str(err)
+                    loaded[name] = self.read_index_file(name)
+                except (IntegrityError, BackendError) as err:
+                    try:
+                        self.backend.stat(f"index/{name}")
+                    except ObjectNotFound:
+                        vanished.append(name)  # deleted since listed: superseded by a prune
+                        return
+                    except BackendError:
+                        pass
+                    report.damaged_index[name] = str(err)
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(one, names))
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(one, names))
+            if not vanished:
+                break
+        listed = set(names)
+        results = {n: r for n, r in loaded.items() if n in listed}
         superseded: set[str] = set()
         for _packs, sup in results.values():
             superseded.update(s.hex() for s in sup)

@@ -162,11 +162,14 @@ def backup(
     """Back up a directory; the parent is the newest snapshot of the same source."""
     src = source or Source("path", os.path.abspath(os.fspath(path)))
     with locks_of(repo).shared(f"backup {src.name}"):
-        repo.load_index()  # after taking the lock: prune relies on this order
+        # The parent before the index: a snapshot is written after its index file, so the
+        # index read next has its trees. The index after the lock: prune relies on it.
+        parent = _parent_for(repo, src)
+        repo.load_index()
         opts = BackupOptions(
             source=src,
             tags=list(tags),
-            parent=_parent_for(repo, src),
+            parent=parent,
             ignore_inode=ignore_inode,
             skip_if_unchanged=skip_if_unchanged,
             progress=progress or NullProgress(),
@@ -226,8 +229,8 @@ def walk(repo: Repository, prefix: str, nodes: list[Node], *, recursive: bool = 
 
 
 def ls(repo: Repository, ref: str, path: str = "", *, recursive: bool = True) -> tuple[Snapshot, list[LsEntry]]:
+    snap = find_snapshot(repo, ref)  # before the index (see backup)
     repo.load_index()
-    snap = find_snapshot(repo, ref)
     prefix, nodes = _subtree(repo, snap, path)
     return snap, list(walk(repo, prefix, nodes, recursive=recursive))
 
@@ -271,8 +274,8 @@ def _diff(repo: Repository, a: bytes | None, b: bytes | None, prefix: str) -> It
 
 
 def diff(repo: Repository, ref1: str, ref2: str) -> tuple[Snapshot, Snapshot, list[DiffEntry]]:
+    s1, s2 = find_snapshot(repo, ref1), find_snapshot(repo, ref2)  # before the index (see backup)
     repo.load_index()
-    s1, s2 = find_snapshot(repo, ref1), find_snapshot(repo, ref2)
     return s1, s2, list(_diff(repo, s1.tree, s2.tree, ""))
 
 
