@@ -121,3 +121,47 @@ def test_snapshot_tar_include(tmp_path: Path, repo: Repository) -> None:
     assert (out / "sub/deeper/pages.db").read_bytes() == (src / "sub/deeper/pages.db").read_bytes()
     with pytest.raises(UsageError, match="no such path"):
         b"".join(snapshot_tar(repo, snap, include="sub/nope"))
+
+
+def test_prefetch_keeps_order_raises_source_errors_and_stops_early() -> None:
+    import threading
+
+    from cargohold.repo.tar_archiver import prefetch
+
+    assert list(prefetch(iter([b"a", b"b", b"c"]), max_chunks=1)) == [b"a", b"b", b"c"]
+
+    def failing() -> Iterator[bytes]:
+        yield b"x"
+        raise OSError("connection reset")
+
+    got = []
+    with pytest.raises(OSError, match="connection reset"):
+        for chunk in prefetch(failing()):
+            got.append(chunk)
+    assert got == [b"x"]
+
+    class Blocking:
+        """A stream whose reader blocks until it is closed from another thread."""
+
+        def __init__(self) -> None:
+            self.closed = threading.Event()
+            self.sent = 0
+
+        def __iter__(self) -> Blocking:
+            return self
+
+        def __next__(self) -> bytes:
+            if self.sent < 3:
+                self.sent += 1
+                return b"y"
+            self.closed.wait(30)
+            raise StopIteration
+
+        def close(self) -> None:
+            self.closed.set()
+
+    source = Blocking()
+    stream = prefetch(source)
+    assert next(stream) == b"y"
+    stream.close()  # the consumer gives up early: the blocked reader is woken, nothing hangs
+    assert source.closed.is_set()

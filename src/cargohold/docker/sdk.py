@@ -220,6 +220,32 @@ def _container_detail(data: Mapping[str, Any]) -> ContainerInfo:
     )
 
 
+class _ArchiveStream:
+    """The bytes of an archive response; :meth:`close` may be called from another thread and
+    releases the connection (a reader blocked on it wakes up)."""
+
+    def __init__(self, res: Any, chunk_size: int, translate: _Translator, what: str) -> None:
+        self._res = res
+        self._it = res.iter_content(chunk_size, False)
+        self._translate = translate
+        self._what = what
+
+    def __iter__(self) -> _ArchiveStream:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            with self._translate(self._what, ContainerNotFound):
+                chunk: bytes = next(self._it)
+        except StopIteration:
+            self.close()
+            raise
+        return chunk
+
+    def close(self) -> None:
+        self._res.close()
+
+
 class SdkDocker:
     """DockerPort over docker-py. Connects lazily on first use."""
 
@@ -455,13 +481,9 @@ class SdkDocker:
             url = self.api._url("/containers/{0}/archive", name_or_id)
             res = self.api._get(url, params={"path": path}, stream=True, headers={"Accept-Encoding": "identity"})
             self.api._raise_for_status(res)
-        try:
-            with self._translate(what, ContainerNotFound):
-                sock = self.api._get_raw_response_socket(res)
-                self.api._disable_socket_timeout(sock)
-                yield from res.iter_content(chunk_size, False)
-        finally:
-            res.close()
+            sock = self.api._get_raw_response_socket(res)
+            self.api._disable_socket_timeout(sock)
+        return _ArchiveStream(res, chunk_size, self._translate, what)
 
     def put_archive(self, name_or_id: str, path: str, data: bytes | Iterable[bytes]) -> None:
         with self._translate(f"write {path!r} of {name_or_id!r}", ContainerNotFound):

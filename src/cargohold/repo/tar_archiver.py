@@ -14,15 +14,19 @@ chunk). Extended attributes are kept when the tar carries them (``SCHILY.xattr.*
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
 import tarfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
+from queue import Empty, Full, Queue
+from types import GeneratorType
 from typing import IO, Any, cast
 
 from cargohold.errors import UsageError
@@ -65,6 +69,61 @@ class IterStream(io.RawIOBase):
 
 def open_stream(chunks: Iterable[bytes]) -> io.BufferedReader:
     return io.BufferedReader(IterStream(chunks), buffer_size=1 << 20)
+
+
+_END = object()
+
+
+def prefetch(chunks: Iterable[bytes], *, max_chunks: int = 16) -> Iterator[bytes]:
+    """Pull ``chunks`` on a thread of its own, up to ``max_chunks`` ahead of the consumer.
+
+    The engine writes its tar into a socket; if nobody reads while the archiver hashes and
+    cuts, the socket buffer fills and the engine stalls. Reading ahead keeps both busy.
+    An error of the source is raised in the consumer; closing the consumer stops the reader.
+    """
+    queue: Queue[object] = Queue(max_chunks)
+    stop = threading.Event()
+    source = iter(chunks)
+
+    def pump() -> None:
+        try:
+            for chunk in source:
+                while not stop.is_set():
+                    try:
+                        queue.put(chunk, timeout=0.2)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_END)
+        except BaseException as err:  # handed to the consumer
+            queue.put(err)
+
+    thread = threading.Thread(target=pump, name="ch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        stop.set()
+        # A source that can be closed from another thread (the engine's archive stream) is
+        # closed now, which wakes a reader blocked on the socket; a generator cannot be.
+        close = getattr(source, "close", None)
+        if callable(close) and not isinstance(source, GeneratorType):
+            close()
+        while thread.is_alive():  # unblock a reader waiting for room
+            with contextlib.suppress(Empty):
+                queue.get_nowait()
+            thread.join(0.05)
+        if callable(close) and isinstance(source, GeneratorType):
+            close()
 
 
 def _norm(name: str) -> str:
@@ -154,7 +213,7 @@ class TarArchiver(Archiver):
         parent = self.opts.parent
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         try:
-            with open_stream(chunks) as stream:
+            with open_stream(prefetch(chunks)) as stream:
                 dirs = self._consume(stream, name)
         finally:
             self._blob_pool.shutdown(wait=True)
