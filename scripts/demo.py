@@ -164,9 +164,9 @@ def main_job(docker: DockerPort) -> None:
     step("3. back the project up (PostgreSQL stopped while its files are read, plus a pg_dumpall)")
     if REPO.exists():
         shutil.rmtree(REPO)
+    before = psql(docker, f"{PROJECT}-db-1", "SELECT count(*), sum(id) FROM orders")
     cli("init")
     cli("backup", "--project", PROJECT)
-    before = psql(docker, f"{PROJECT}-db-1", "SELECT count(*), sum(id) FROM orders")
     step("4. lose it: containers and volumes removed (like `docker compose down -v`)")
     down(docker)
     print(f"volume {PGDATA} exists: {any(v.name == PGDATA for v in docker.list_volumes())}")
