@@ -350,3 +350,52 @@ def test_postgres_dump_is_stored_beside_the_files(
     assert node.size == meta_dump["size"] > 0
     text = b"".join(repo.load_blob(BlobType.DATA, c) for c in node.content)
     assert b"COPY public.t (id) FROM stdin;" in text
+
+
+def test_postgres_under_write_load_with_dump(
+    docker_port: SdkDocker, resources: Resources, repo: Repository, journal: IntentJournal, postgres_image: str
+) -> None:
+    """The dump of a database under load restores into one that passes the same invariant."""
+    vol = resources.volume("pgload")
+    pg = resources.run(postgres_image, volumes={vol: "/var/lib/postgresql/data"})  # dump by default
+    wait_ready(docker_port, pg, POSTGRES)
+    psql = ["psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c"]
+    assert docker_port.exec(pg, [*psql, "CREATE TABLE pairs(id serial primary key, v int)"]).exit_code == 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            docker_port.exec(
+                pg, [*psql, "BEGIN; INSERT INTO pairs(v) VALUES (1); INSERT INTO pairs(v) VALUES (2); COMMIT"]
+            )
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        [res] = backup(repo, docker_port, journal, resolve(docker_port, volumes=[vol])).results
+    finally:
+        stop.set()
+        thread.join(30)
+    assert res.mode.value == "dump" and res.downtime == {} and res.snapshot is not None
+    target = resources.track_volume(resources.name("pgload-restored"))
+    out = restore_volume(
+        repo,
+        docker_port,
+        docker_port.endpoint,
+        res.snapshot,
+        VolumeRestoreRequest(to=target, from_dump="", journal=journal),
+    )
+    assert out.dump is not None
+    check = resources.run(postgres_image, volumes={target: "/var/lib/postgresql/data"})
+    wait_ready(docker_port, check, POSTGRES)
+    count = int(docker_port.exec(check, [*psql, "SELECT count(*) FROM pairs"]).stdout)
+    assert count > 0 and count % 2 == 0
+    torn = docker_port.exec(
+        check,
+        [
+            *psql,
+            "SELECT count(*) FROM pairs a WHERE v = 1 AND NOT EXISTS (SELECT 1 FROM pairs b WHERE b.id = a.id + 1)",
+        ],
+    )
+    assert torn.stdout.strip() == b"0"
