@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install engine images lint unit integration test demo bench bench-inventory clean-testbed help
+.PHONY: install engine images lint unit test demo bench bench-inventory bench-audit bench-docker bench-repository help
 
 help:
 	@echo "make demo   - bootstrap (venv, engine, images) and run the sample stateful app + inventory"
@@ -39,8 +39,17 @@ test: lint images
 demo: images
 	$(BIN)/python scripts/demo.py
 
-bench-inventory: engine
+# Benchmarks (docs/PERFORMANCE.md); bench-docker and bench-repository need ../shared/bench/make_corpus.py
+bench-inventory: images
 	$(BIN)/python bench/bench_inventory.py
 
-bench: images
-	$(BIN)/python bench/bench_inventory.py
+bench-audit: images
+	$(BIN)/python bench/bench_audit.py
+
+bench-docker: images
+	$(BIN)/python bench/bench_docker.py
+
+bench-repository: install
+	$(BIN)/python bench/bench_repository.py
+
+bench: bench-inventory bench-audit bench-docker bench-repository
