@@ -241,10 +241,10 @@ def _plan_input(s: Snapshot) -> tuple[str, Mapping[str, str], Sequence[Mapping[s
 # --- copy a volume, move a project ----------------------------------------------------
 
 
-@dataclass
-class CopyRequest:
-    volume: str
-    to: str | None = None
+@dataclass(kw_only=True)
+class TransferOptions:
+    """How copy and move run: cut-over stop, read path, overwrite, final check, progress."""
+
     stop: bool = False
     via: Via = Via.AUTO
     force: bool = False
@@ -252,6 +252,12 @@ class CopyRequest:
     progress: Progress = field(default_factory=NullProgress)
     journal: IntentJournal = field(default_factory=IntentJournal)
     state: SyncState = field(default_factory=SyncState)
+
+
+@dataclass
+class CopyRequest(TransferOptions):
+    volume: str
+    to: str | None = None
 
 
 @dataclass
@@ -344,16 +350,9 @@ def copy_volume(
 
 
 @dataclass
-class MoveRequest:
+class MoveRequest(TransferOptions):
     project: str
     new_name: str | None = None
-    stop: bool = False
-    via: Via = Via.AUTO
-    force: bool = False
-    verify: bool = True
-    progress: Progress = field(default_factory=NullProgress)
-    journal: IntentJournal = field(default_factory=IntentJournal)
-    state: SyncState = field(default_factory=SyncState)
 
 
 def move_project(
