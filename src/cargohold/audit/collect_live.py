@@ -8,15 +8,13 @@ run on a small thread pool; a container that disappears meanwhile is skipped.
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import stat as pystat
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from cargohold.audit.knowledge import lookup
 from cargohold.audit.model import AuditInput, Mount, StoreKind, VolumeFact, Workload, WritableLayer
@@ -33,6 +31,7 @@ from cargohold.model.inventory import (
     build_volume_inventory,
     volume_kind,
 )
+from cargohold.streams import open_stream
 
 WORKERS = 8
 #: stat calls per container to size its writable layer; beyond it the size is a lower bound.
@@ -167,7 +166,7 @@ def _archive_size(docker: DockerPort, cid: str, path: str, budget: list[int]) ->
     is_file = False
     try:
         stream = docker.get_archive(cid, path)
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(iter(stream))), mode="r|") as tar:
+        with open_stream(stream) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
             for i, member in enumerate(tar):
                 if i == 0:
                     is_file = member.isfile()
@@ -179,26 +178,6 @@ def _archive_size(docker: DockerPort, cid: str, path: str, budget: list[int]) ->
     except (DockerError, tarfile.TarError):
         return None
     return total if is_file else -1
-
-
-class _ChunkReader(io.RawIOBase):
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 def _mounts(

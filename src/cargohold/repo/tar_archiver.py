@@ -15,7 +15,6 @@ chunk). Extended attributes are kept when the tar carries them (``SCHILY.xattr.*
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import posixpath
 import tarfile
@@ -27,48 +26,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from queue import Empty, Full, Queue
 from types import GeneratorType
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from cargohold.errors import UsageError
 from cargohold.repo.archiver import Archiver, BackupResult, _comparable
 from cargohold.repo.chunker import ChunkSource
 from cargohold.repo.snapshot import Source
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Tree
+from cargohold.streams import open_stream
 
 _XATTR = "SCHILY.xattr."
-
-
-class IterStream(io.RawIOBase):
-    """A readable raw stream over an iterator of byte chunks (what docker-py yields)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it: Iterator[bytes] = iter(chunks)
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Close the source too (an HTTP stream read only in part must be released)."""
-        close = getattr(self._it, "close", None)
-        if callable(close):
-            close()
-        super().close()
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = memoryview(next(self._it))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
-def open_stream(chunks: Iterable[bytes]) -> io.BufferedReader:
-    return io.BufferedReader(IterStream(chunks), buffer_size=1 << 20)
 
 
 _END = object()

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import posixpath
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +42,7 @@ from cargohold.errors import (
 )
 from cargohold.model.engine import ContainerInfo, MountInfo, MountType
 from cargohold.model.inventory import COMPOSE_PROJECT, COMPOSE_SERVICE, COMPOSE_VOLUME, VolumeKind, volume_kind
+from cargohold.streams import open_stream
 
 HELPER_ROOT = "/cargohold-adopt"
 ADOPTED_LABEL = "cargohold.adopted-from"
@@ -98,28 +97,6 @@ class AdoptResult:
         }
 
 
-class _IterReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks (for tarfile's stream mode)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
 def _type(m: tarfile.TarInfo) -> str:
     if m.isdir():
         return "dir"
@@ -135,7 +112,7 @@ def _type(m: tarfile.TarInfo) -> str:
 def manifest(docker: DockerPort, container: str, path: str) -> Manifest:
     """Every entry under ``path`` in ``container``, names relative to its parent."""
     out: Manifest = {}
-    reader = io.BufferedReader(_IterReader(iter(docker.get_archive(container, path))), 1 << 20)
+    reader = open_stream(docker.get_archive(container, path))
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for m in tar:
             digest = ""

@@ -40,7 +40,6 @@ from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tar_archiver import open_stream
 from cargohold.repo.tar_writer import TarStats, snapshot_tar
 from cargohold.services.docker_backup import HELPER_MOUNT, BackupRequest, DockerBackup
 from cargohold.services.docker_sources import SourceKind, StateSource, User, Via, choose_via
@@ -50,6 +49,7 @@ from cargohold.services.intents import IntentJournal
 from cargohold.services.inventory import inspect_containers
 from cargohold.services.quiesce import Participant, Quiescer
 from cargohold.services.repository import locks_of
+from cargohold.streams import open_stream
 
 RESTORABLE_KINDS = ("volume", "bind")
 

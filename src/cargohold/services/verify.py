@@ -44,7 +44,7 @@ from cargohold.repo.fsnode import node_type
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import Restorer
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tar_archiver import member_type, open_stream
+from cargohold.repo.tar_archiver import member_type
 from cargohold.repo.tar_writer import Content, file_body
 from cargohold.repo.tree import DIR, FILE, SOCKET, SYMLINK, Node
 from cargohold.repo.verifications import DumpCheck, VerificationRecord, save
@@ -54,6 +54,7 @@ from cargohold.services.docker_sources import Via
 from cargohold.services.dump_restore import check_dumps
 from cargohold.services.intents import IntentJournal
 from cargohold.services.repository import locks_of
+from cargohold.streams import open_stream
 
 #: Differences listed in a record; the count says how many there were in all.
 MAX_PROBLEMS = 50

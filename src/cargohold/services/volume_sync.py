@@ -64,7 +64,6 @@ from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tar_archiver import open_stream
 from cargohold.repo.tar_writer import BLOCK, Content, TarStats, encode_header, file_body, tar_header, walk_tree
 from cargohold.repo.tree import DIR, FILE, SOCKET, Node
 from cargohold.services.docker_backup import HELPER_MOUNT
@@ -80,6 +79,7 @@ from cargohold.services.intents import IntentJournal, state_dir
 from cargohold.services.inventory import inspect_containers
 from cargohold.services.repository import locks_of
 from cargohold.services.verify import Comparison, Hasher, compare, expected_nodes, observe_dir, observe_tar
+from cargohold.streams import open_stream
 
 #: Above this many changed paths a delta is written by whole directories (the restorer's
 #: include matching is linear in the number of includes).
