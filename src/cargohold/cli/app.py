@@ -8,7 +8,6 @@ exit code by :func:`main` (codes in :mod:`cargohold.cli.exit_codes`).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 import traceback
@@ -18,7 +17,7 @@ import typer
 from typer.exceptions import TyperException
 
 from cargohold import __version__
-from cargohold.cli import exit_codes
+from cargohold.cli import audit, docker_state, exit_codes, inventory, migrate, repository
 from cargohold.cli.context import AppState
 from cargohold.errors import CargoholdError
 
@@ -56,25 +55,12 @@ def _root(
 ) -> None:
     ctx.obj = AppState(debug=debug, host=host, context=docker_context)
     if ctx.invoked_subcommand != "recover":
-        from cargohold.cli.docker_state import recover_orphans_quietly
-
         # Any invocation first puts back containers an interrupted run left stopped.
-        recover_orphans_quietly()
-
-
-#: Command modules, each with a ``register(app)``. Modules still being built may be absent.
-_COMMAND_MODULES = ("inventory", "repository", "audit", "docker_state", "migrate")
+        docker_state.recover_orphans_quietly()
 
 
 def _register_commands() -> None:
-    for name in _COMMAND_MODULES:
-        module_name = f"cargohold.cli.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # pragma: no cover - only while a command group is built
-            if exc.name != module_name:
-                raise
-            continue
+    for module in (inventory, repository, audit, docker_state, migrate):
         module.register(app)
 
 
