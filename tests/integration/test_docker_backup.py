@@ -399,3 +399,18 @@ def test_postgres_under_write_load_with_dump(
         ],
     )
     assert torn.stdout.strip() == b"0"
+
+
+def test_bad_label_fails_only_its_source(
+    docker_port: SdkDocker, resources: Resources, repo: Repository, journal: IntentJournal, busybox_image: str
+) -> None:
+    bad = resources.volume("badlabel")
+    good = resources.volume("goodlabel")
+    resources.run(busybox_image, command=SERVICE, volumes={bad: "/data"}, labels={"cargohold.consistency": "freeze"})
+    report = DockerBackup(repo, docker_port, docker_port.endpoint, BackupRequest(journal=journal)).run(
+        resolve(docker_port, volumes=[bad, good])
+    )
+    by_name = {r.source.name: r for r in report.results}
+    assert by_name[bad].error is not None and "cargohold.consistency='freeze'" in by_name[bad].error
+    assert by_name[good].error is None and by_name[good].snapshot is not None
+    assert [s.source.name for s in repo.snapshots()] == [good]

@@ -187,8 +187,13 @@ class DockerBackup:
 
     def _one(self, source: StateSource, run_id: str, parents: dict[tuple[str, str], Snapshot]) -> SourceResult:
         started = time.monotonic()
-        via, path, why = choose_via(self.engine, source, self.request.via)
-        decided = _decisions(source, self.request.consistency)
+        try:
+            via, path, why = choose_via(self.engine, source, self.request.via)
+            decided = _decisions(source, self.request.consistency)
+        except CargoholdError as err:  # a bad label or an impossible --via fails this source only
+            res = SourceResult(source, self.request.via, str(err), Mode.NONE, error=str(err), exception=err)
+            res.seconds = time.monotonic() - started
+            return res
         mode = strongest([p.decision.mode for p, _ in decided])
         res = SourceResult(source, via, why, mode)
         res.warnings += [w for _, w in decided if w]
