@@ -5,20 +5,21 @@ from __future__ import annotations
 import re
 import sys
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cargohold import __version__
-from cargohold.audit.findings import Finding, Severity
-from cargohold.audit.sarif import to_sarif
 from cargohold.cli import exit_codes
 from cargohold.cli.common import backup_index
 from cargohold.cli.context import state
 from cargohold.cli.output import err_console, human_bytes, print_json, print_table, stdout_is_tty
 from cargohold.errors import UsageError
 from cargohold.model.backups import BackupIndex, BackupPolicy
-from cargohold.services import audit as svc
+
+if TYPE_CHECKING:  # the audit engine (compose loader, YAML, rules) loads when `audit` runs
+    from cargohold.audit.findings import Finding, Severity
+    from cargohold.services import audit as svc
 
 REPO_ENV = "CARGOHOLD_REPO"
 PASSWORD_ENV = "CARGOHOLD_PASSWORD"
@@ -45,6 +46,8 @@ def _where(f: Finding) -> str:
 
 
 def _render_table(report: svc.AuditReport, fail_on: Severity | None) -> None:
+    from cargohold.audit.findings import Severity
+
     tty = stdout_is_tty()
     out = sys.stdout
     if not report.findings:
@@ -122,6 +125,10 @@ def audit(
     ] = False,
 ) -> None:
     """Find the state that will be lost — in compose files (-f) or on the live engine — and how to fix it."""
+    from cargohold.audit.findings import Severity
+    from cargohold.audit.sarif import to_sarif
+    from cargohold.services import audit as svc
+
     if json and sarif:
         raise UsageError("choose one of --json and --sarif")
     if fail_on.lower() not in _FAIL_CHOICES:

@@ -172,8 +172,6 @@ def backup_index(repo: str | None, password_file: str | None, *, only_named: boo
     when the default one exists — and a password is at hand without asking (inventory and
     audit never prompt). A named repository without a password is an error.
     """
-    from cargohold.services.audit import backups_from_repository
-
     named = repo or os.environ.get(svc.REPO_ENV)
     url = svc.resolve_repo_url(repo)
     if not named and (only_named or not os.path.exists(os.path.join(url, "config"))):
@@ -185,4 +183,8 @@ def backup_index(repo: str | None, password_file: str | None, *, only_named: boo
             f"reading backups from {url} needs its password",
             hint=f"set {svc.PASSWORD_ENV} or use --password-file FILE",
         )
-    return backups_from_repository(url, password(password_file))
+    repo_ = svc.open_repository(url, password(password_file))
+    try:
+        return svc.backup_index(repo_)
+    finally:
+        repo_.close()

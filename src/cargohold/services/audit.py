@@ -24,7 +24,7 @@ from cargohold.compose.loader import load_project
 from cargohold.compose.model import ComposeProject
 from cargohold.docker.port import DockerPort
 from cargohold.errors import DockerNotFound
-from cargohold.model.backups import BackupIndex, BackupPolicy, BackupRecord, index_from_snapshots
+from cargohold.model.backups import BackupIndex, BackupPolicy, BackupRecord
 from cargohold.model.engine import EngineInfo
 
 SCHEMA_VERSION = 1
@@ -211,13 +211,11 @@ def write_patches(patches: Sequence[FilePatch]) -> None:
 
 
 def backups_from_repository(url: str, password: str) -> dict[str, BackupRecord]:
-    """The backup index of a repository: newest snapshot per volume (source kind ``volume``),
-    with the time of its newest successful ``cargohold verify``."""
-    from cargohold.repo import verifications
+    """The backup index of a repository (see :func:`cargohold.services.repository.backup_index`)."""
     from cargohold.services import repository
 
     repo = repository.open_repository(url, password)
     try:
-        return index_from_snapshots(repo.snapshots(), verifications.load_all(repo))
+        return repository.backup_index(repo)
     finally:
         repo.close()

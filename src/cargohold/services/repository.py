@@ -24,7 +24,9 @@ from cargohold.errors import (
     UnsupportedFormat,
     UsageError,
 )
+from cargohold.model.backups import BackupRecord, index_from_snapshots
 from cargohold.repo import keys as keyslots
+from cargohold.repo import verifications
 from cargohold.repo.archiver import Archiver, BackupOptions, BackupResult
 from cargohold.repo.checker import Checker, CheckReport
 from cargohold.repo.format import pack_name
@@ -441,3 +443,8 @@ def unlock(url: str, *, remove_all: bool = False) -> int:
     """Remove stale locks (or every lock with ``remove_all``); returns how many."""
     mgr = LockManager(open_backend(url))
     return mgr.break_all() if remove_all else mgr.remove_stale()
+
+
+def backup_index(repo: Repository) -> dict[str, BackupRecord]:
+    """Newest snapshot per volume (source kind ``volume``) with its newest verification."""
+    return index_from_snapshots(repo.snapshots(), verifications.load_all(repo))
