@@ -6,6 +6,7 @@ A process is named by host, pid and its start time in clock ticks since boot (fr
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 
@@ -53,6 +54,14 @@ def my_start() -> int | None:
         proc = process_start(pid)
         _MY_START[pid] = proc[1] if proc else None
     return _MY_START[pid]
+
+
+def current_user() -> str:
+    """The login name, or the numeric uid when it has no name (containers, odd set-ups)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def owner_token() -> str:

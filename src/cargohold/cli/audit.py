@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # the audit engine (compose loader, YAML, rules) loads when `
     from cargohold.audit.findings import Finding, Severity
     from cargohold.services import audit as svc
 
-REPO_ENV = "CARGOHOLD_REPO"
-PASSWORD_ENV = "CARGOHOLD_PASSWORD"
 _FAIL_CHOICES = ("high", "medium", "low", "info", "none")
 
 
@@ -111,7 +109,7 @@ def audit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --fix: only show the diff.")] = False,
     repo: Annotated[
         str | None,
-        typer.Option("--repo", "-r", help=f"Repository to read backups from (or {REPO_ENV}).", metavar="URL"),
+        typer.Option("--repo", "-r", help="Repository to read backups from (or CARGOHOLD_REPO).", metavar="URL"),
     ] = None,
     password_file: Annotated[
         str | None, typer.Option("--password-file", help="Repository password file.", metavar="FILE")

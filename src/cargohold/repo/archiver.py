@@ -16,7 +16,6 @@ are in the index.
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import stat
@@ -29,6 +28,7 @@ from datetime import UTC, datetime
 
 from cargohold import __version__
 from cargohold.errors import UsageError
+from cargohold.procinfo import current_user
 from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType
@@ -245,7 +245,7 @@ class Archiver:
             time=datetime.now(UTC),
             source=source,
             hostname=socket.gethostname(),
-            username=_username(),
+            username=current_user(),
             tags=sorted(set(self.opts.tags)),
             paths=paths,
             parent=parent.id if parent is not None else None,
@@ -529,10 +529,3 @@ def _list_dir(path: bytes) -> list[bytes]:
             return sorted(os.fsencode(e.name) for e in it)
     finally:
         os.close(fd)
-
-
-def _username() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())

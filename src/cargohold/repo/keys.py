@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import getpass
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from cargohold.errors import (
     UsageError,
     WrongPassword,
 )
+from cargohold.procinfo import current_user
 from cargohold.repo.crypto import MasterKey, open_with_key, seal_with_key
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,6 @@ class _Slot:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 def _ad(slot_id: str) -> bytes:
@@ -251,7 +244,7 @@ def create_key(
     params = kdf or KdfParams.from_env()
     salt = secrets.token_bytes(SALT_LEN)
     wrapping_key = params.derive(password, salt)
-    info_base = {"created": _now(), "host": socket.gethostname(), "user": _user(), "label": label}
+    info_base = {"created": _now(), "host": socket.gethostname(), "user": current_user(), "label": label}
     for _ in range(8):
         slot_id = secrets.token_hex(_ID_HEX // 2)
         info = KeySlot(id=slot_id, kdf=params, **info_base)

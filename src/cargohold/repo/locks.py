@@ -24,7 +24,6 @@ import builtins
 import contextlib
 import dataclasses
 import functools
-import getpass
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from typing import Any
 
 from cargohold.backends.base import Backend
 from cargohold.errors import BackendError, ObjectExists, ObjectNotFound, RepositoryLocked, UsageError
-from cargohold.procinfo import my_start, process_gone
+from cargohold.procinfo import current_user, my_start, process_gone
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +95,6 @@ def _pid_namespace() -> str:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 @dataclass
