@@ -179,7 +179,13 @@ def restore_volume(
     except VolumeNotFound:
         volume = _create_volume(docker, req.to, meta)
         created = True
-    everyone = inspect_containers(docker)
+    # Only the containers that mount the volume need a full inspect (the list shows mounts).
+    mounting = [
+        c
+        for c in docker.list_containers(all=True)
+        if any(m.type is MountType.VOLUME and m.name == volume.name for m in c.mounts)
+    ]
+    everyone = inspect_containers(docker, mounting)
     users = [
         User(c, m.destination, m.read_only)
         for c in everyone
