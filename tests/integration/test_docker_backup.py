@@ -414,3 +414,33 @@ def test_bad_label_fails_only_its_source(
     assert by_name[bad].error is not None and "cargohold.consistency='freeze'" in by_name[bad].error
     assert by_name[good].error is None and by_name[good].snapshot is not None
     assert [s.source.name for s in repo.snapshots()] == [good]
+
+
+def test_force_restore_over_a_hooked_container_in_use(
+    docker_port: SdkDocker, resources: Resources, repo: Repository, journal: IntentJournal, busybox_image: str
+) -> None:
+    """The safety snapshot of a restore runs no hooks or dumps in the containers it has stopped."""
+    vol = resources.volume("hooked")
+    ctr = resources.run(
+        busybox_image,
+        command=SERVICE,
+        mounts=[
+            {"Type": "volume", "Source": vol, "Target": "/data"},
+            {"Type": "volume", "Source": vol, "Target": "/again"},  # the same volume twice
+        ],
+        labels={"cargohold.pre": "echo pre >> /data/hooks", "cargohold.dump": "sqlite"},
+    )
+    assert docker_port.exec(ctr, ["sh", "-c", "echo v1 > /data/f"]).exit_code == 0
+    [res] = backup(repo, docker_port, journal, resolve(docker_port, volumes=[vol])).results
+    assert res.snapshot is not None
+    assert docker_port.exec(ctr, ["sh", "-c", "echo v2 > /data/f"]).exit_code == 0
+    out = restore_volume(
+        repo,
+        docker_port,
+        docker_port.endpoint,
+        res.snapshot,
+        VolumeRestoreRequest(to=vol, force=True, restart_containers=True, journal=journal),
+    )
+    assert out.safety_snapshot is not None and out.restarted == [ctr]
+    assert docker_port.exec(ctr, ["cat", "/data/f"]).stdout == b"v1\n"
+    assert journal.pending() == []

@@ -99,13 +99,25 @@ class BackupRequest:
     skip_if_unchanged: bool = False
     progress_factory: Callable[[str], Progress] = field(default=lambda _label: NullProgress())
     journal: IntentJournal = field(default_factory=IntentJournal)
+    #: Only the files: no hooks, no dumps, no stop or pause (a safety snapshot taken while the
+    #: caller already holds the containers stopped).
+    files_only: bool = False
 
 
-def _decisions(source: StateSource, override: Mode | None) -> list[tuple[Participant, str | None]]:
+def _decisions(source: StateSource, request: BackupRequest) -> list[tuple[Participant, str | None]]:
+    """One decision per container (a container mounting the source twice is held once)."""
     out = []
+    seen: set[str] = set()
     for user in source.users:
-        decision = decide(user.container.name, user.container.image, user.container.labels, override=override)
-        out.append((Participant(user.container, decision), decision.warning))
+        if user.container.id in seen:
+            continue
+        seen.add(user.container.id)
+        c = user.container
+        if request.files_only:
+            decision = Decision(Mode.NONE, None, None, None, "files only")
+        else:
+            decision = decide(c.name, c.image, c.labels, override=request.consistency)
+        out.append((Participant(c, decision), decision.warning))
     return out
 
 
@@ -126,7 +138,7 @@ def source_meta(
     run_id: str,
     via: Via,
     mode: Mode,
-    decisions: Sequence[Decision],
+    held: Sequence[Participant],
     digests: dict[str, list[str]],
 ) -> dict[str, Any]:
     volume = source.volume
@@ -147,8 +159,7 @@ def source_meta(
         "consistency": {
             "mode": mode.value,
             "containers": {
-                u.container.name: {"mode": d.mode.value, "reason": d.reason}
-                for u, d in zip(source.users, decisions, strict=True)
+                p.container.name: {"mode": p.decision.mode.value, "reason": p.decision.reason} for p in held
             },
         },
         "engine": {"id": engine.id, "name": engine.name, "host": engine.host, "version": engine.server_version},
@@ -189,7 +200,7 @@ class DockerBackup:
         started = time.monotonic()
         try:
             via, path, why = choose_via(self.engine, source, self.request.via)
-            decided = _decisions(source, self.request.consistency)
+            decided = _decisions(source, self.request)
         except CargoholdError as err:  # a bad label or an impossible --via fails this source only
             res = SourceResult(source, self.request.via, str(err), Mode.NONE, error=str(err), exception=err)
             res.seconds = time.monotonic() - started
@@ -205,7 +216,7 @@ class DockerBackup:
             run_id=run_id,
             via=via,
             mode=mode,
-            decisions=[p.decision for p in participants],
+            held=participants,
             digests=self._digests,
         )
         spool = Path(tempfile.mkdtemp(prefix="cargohold-dumps-"))

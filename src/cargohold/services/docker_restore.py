@@ -206,7 +206,8 @@ def restore_volume(
             raise UsageError(f"--via direct: {direct} is not writable by this user", hint="use --via api")
         via, direct = Via.API, None
     report = VolumeRestoreReport(snapshot, volume.name, created, via)
-    participants = [Participant(u.container, Decision(Mode.STOP, None, None, None, "restore")) for u in running]
+    held = {u.container.id: u.container for u in running}  # a container mounting it twice is held once
+    participants = [Participant(c, Decision(Mode.STOP, None, None, None, "restore")) for c in held.values()]
     quiescer = Quiescer(docker, req.journal, endpoint=endpoint, engine_id=engine.id)
     # A new volume is empty, unless its options bind it to a device or directory that has data.
     check_empty = not created or bool({"device", "type"} & set(volume.options))
@@ -222,7 +223,7 @@ def restore_volume(
                 repo,
                 docker,
                 endpoint,
-                BackupRequest(via=via, consistency=Mode.NONE, tags=["safety"], journal=req.journal),
+                BackupRequest(via=via, files_only=True, tags=["safety"], journal=req.journal),
             ).run([source])
             failed = safety.failed
             if failed:

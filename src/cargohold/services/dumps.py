@@ -226,9 +226,15 @@ def dump_sqlite_exec(docker: DockerPort, container: ContainerInfo, mount_path: s
     root = shlex.quote(mount_path)
     find = (
         f"cd {root} && find . -type f -size +0 | while read -r f; do "
-        f'h=$(head -c 15 "$f" 2>/dev/null); [ "$h" = "SQLite format 3" ] && echo "$f"; done; true'
+        f'h=$(head -c 15 "$f" 2>/dev/null); if [ "$h" = "SQLite format 3" ]; then echo "$f"; fi; done'
     )
     listing = docker.exec(container.id, ["sh", "-c", find])
+    if listing.exit_code != 0:  # no databases found must mean none, not that looking failed
+        raise ConsistencyError(
+            f"cannot list the files of {mount_path} in {container.name!r}: "
+            f"{listing.stderr.decode(errors='replace').strip() or f'exit code {listing.exit_code}'}",
+            hint="the image needs sh, find and head; or back this volume up with --via direct",
+        )
     out = []
     for line in listing.stdout.decode(errors="replace").splitlines():
         rel_src = line.strip().removeprefix("./")

@@ -37,7 +37,7 @@ import blake3
 from cargohold.docker.connect import Endpoint
 from cargohold.docker.helper import OWNER_LABEL, helper_container
 from cargohold.docker.port import DockerPort
-from cargohold.errors import CargoholdError, UsageError
+from cargohold.errors import BackendError, ConsistencyError, IntegrityError, UsageError
 from cargohold.procinfo import owner_token
 from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
 from cargohold.repo.fsnode import node_type
@@ -340,7 +340,8 @@ def verify(
         method = "volume"
         try:
             cmp, via, engine_host = _verify_in_volume(repo, docker, endpoint, snapshot, req)
-        except CargoholdError as err:
+        except (IntegrityError, BackendError, ConsistencyError) as err:
+            # what the snapshot cannot give back is the verdict; engine trouble is not (it raises)
             cmp = Comparison()
             cmp.problem(f"restore failed: {err}")
     else:
@@ -353,9 +354,9 @@ def verify(
             repo.load_index()
             dumps = check_dumps(repo, docker, snapshot, labels={SCRATCH_LABEL: snapshot.id})
     problems = list(cmp.problems)
+    if cmp.total_problems > len(cmp.problems):
+        problems.append(f"... and {cmp.total_problems - len(cmp.problems)} more")
     problems += [f"{d.kind} dump of {d.container}: {d.detail}" for d in dumps if not d.ok]
-    if cmp.total_problems > len(problems):
-        problems.append(f"... and {cmp.total_problems - len(problems)} more")
     record = VerificationRecord(
         snapshot_id=snapshot.id,
         source_kind=snapshot.source.kind,
