@@ -8,6 +8,7 @@ Where: ``--repo URL``, else ``CARGOHOLD_REPO``, else ``$XDG_DATA_HOME/cargohold/
 
 from __future__ import annotations
 
+import stat
 import sys
 from datetime import timedelta
 from typing import Annotated, Any
@@ -50,15 +51,20 @@ def _node_json(path: str, n: Node) -> dict[str, Any]:
     return d
 
 
+_IFMT = {
+    DIR: stat.S_IFDIR,
+    FILE: stat.S_IFREG,
+    SYMLINK: stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+}
+
+
 def _mode_string(n: Node) -> str:
-    kind = {DIR: "d", FILE: "-", SYMLINK: "l"}.get(
-        n.type, {"fifo": "p", "socket": "s", "chardev": "c", "blockdev": "b"}.get(n.type, "?")
-    )
-    bits = ""
-    for shift in (6, 3, 0):
-        v = (n.mode >> shift) & 7
-        bits += ("r" if v & 4 else "-") + ("w" if v & 2 else "-") + ("x" if v & 1 else "-")
-    return kind + bits
+    """``ls -l`` style, setuid/setgid/sticky included."""
+    return stat.filemode(_IFMT.get(n.type, 0) | n.mode)
 
 
 # --- commands ----------------------------------------------------------------------------

@@ -517,6 +517,8 @@ class Repository:
     def read_pack_header(self, pid: bytes, size: int) -> PackRecord:
         """The blobs a pack lists in its own header (two small ranged reads)."""
         name = pack_name(pid)
+        if size < TRAILER_SIZE:
+            raise IntegrityError(f"{name}: truncated to {size} bytes (no trailer)")
         try:
             trailer = self.backend.load(name, size - TRAILER_SIZE, TRAILER_SIZE)
             n = header_length(trailer, size, what=name)

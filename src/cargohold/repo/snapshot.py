@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cargohold.errors import IntegrityError
+from cargohold.errors import IntegrityError, UnsupportedFormat
 from cargohold.repo.tree import Node
 
 SNAPSHOT_VERSION = 1
@@ -106,7 +106,9 @@ class Snapshot:
         try:
             d = json.loads(data)
             if d.get("version") != SNAPSHOT_VERSION:
-                raise IntegrityError(f"{what}: unknown snapshot version {d.get('version')!r}")
+                raise UnsupportedFormat(
+                    f"{what}: snapshot format version {d.get('version')!r} is newer than this cargohold"
+                )
             src = d["source"]
             return cls(
                 tree=bytes.fromhex(d["tree"]),

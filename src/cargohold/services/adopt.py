@@ -112,8 +112,7 @@ def _type(m: tarfile.TarInfo) -> str:
 def manifest(docker: DockerPort, container: str, path: str) -> Manifest:
     """Every entry under ``path`` in ``container``, names relative to its parent."""
     out: Manifest = {}
-    reader = open_stream(docker.get_archive(container, path))
-    with tarfile.open(fileobj=reader, mode="r|") as tar:
+    with open_stream(docker.get_archive(container, path)) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
         for m in tar:
             digest = ""
             if m.isfile():

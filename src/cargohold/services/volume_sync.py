@@ -54,6 +54,7 @@ from cargohold.errors import (
     DockerAPIError,
     DockerConflict,
     DockerNotFound,
+    IntegrityError,
     SnapshotNotFound,
     UsageError,
     VolumeNotFound,
@@ -419,7 +420,7 @@ def _apply_direct(
         files, nbytes = files + result.files, nbytes + result.bytes
         warnings += result.warnings
         if result.damaged:
-            raise ConsistencyError(
+            raise IntegrityError(
                 f"{len(result.damaged)} file(s) of snapshot {snapshot.short_id} are damaged in the repository: "
                 + ", ".join(sorted(result.damaged)[:3]),
                 hint="run `cargohold check --read-data`",
@@ -728,7 +729,7 @@ def sync_volume(
             result.safety_snapshot = report.safety_snapshot
             result.warnings += report.warnings
             if report.damaged:
-                raise ConsistencyError(
+                raise IntegrityError(
                     f"{len(report.damaged)} file(s) of snapshot {snapshot.short_id} are damaged in the repository",
                     hint="run `cargohold check --read-data`",
                 )
