@@ -283,6 +283,8 @@ class Pruner:
         repo.load_index()
         used = used_blobs(repo, snaps)
         present = dict(repo.list_packs())
+        if ready:
+            self.locks.ensure_held()  # never delete packs after our lock was lost or taken over
         for name, doc in ready:
             for hexid in [*doc.get("packs", []), *doc.get("unindexed", [])]:
                 pid = parse_hex_id(hexid)

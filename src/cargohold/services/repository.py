@@ -411,9 +411,8 @@ def stats(repo: Repository) -> RepoStats:
 
 
 def key_add(repo: Repository, new_password: str, *, label: str = "") -> str:
-    if not new_password:
-        raise UsageError("an empty password is not allowed")
-    return keyslots.create_key(repo.backend, new_password, repo.key, label=label, kdf=keyslots.KdfParams.from_env())
+    with locks_of(repo).exclusive("key add"):
+        return keyslots.create_key(repo.backend, new_password, repo.key, label=label)
 
 
 def key_list(repo: Repository) -> tuple[list[keyslots.KeySlot], dict[str, str]]:
@@ -421,16 +420,17 @@ def key_list(repo: Repository) -> tuple[list[keyslots.KeySlot], dict[str, str]]:
 
 
 def key_remove(repo: Repository, slot_id: str) -> None:
-    matches = [k.id for k in keyslots.list_keys(repo.backend) if k.id.startswith(slot_id)]
-    if len(matches) > 1:
-        raise UsageError(f"key {slot_id!r} is ambiguous")
-    keyslots.remove_key(repo.backend, matches[0] if matches else slot_id, current=repo.key_id)
+    # exclusive: two removals at once could each see the other's slot and leave none
+    with locks_of(repo).exclusive("key remove"):
+        matches = [k.id for k in keyslots.list_keys(repo.backend) if k.id.startswith(slot_id)]
+        if len(matches) > 1:
+            raise UsageError(f"key {slot_id!r} is ambiguous")
+        keyslots.remove_key(repo.backend, matches[0] if matches else slot_id, current=repo.key_id)
 
 
 def key_passwd(repo: Repository, new_password: str) -> str:
-    if not new_password:
-        raise UsageError("an empty password is not allowed")
-    new_id = keyslots.change_password(repo.backend, repo.key, repo.key_id, new_password)
+    with locks_of(repo).exclusive("key passwd"):
+        new_id = keyslots.change_password(repo.backend, repo.key, repo.key_id, new_password)
     repo.key_id = new_id
     return new_id
 
