@@ -118,7 +118,10 @@ class Restorer:
     def run(self, snapshot: Snapshot, target: str | os.PathLike[str]) -> RestoreResult:
         tune_allocator()
         root = os.fsencode(os.path.abspath(target))
-        os.makedirs(root, exist_ok=True)
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot restore into {os.fsdecode(root)}: {err.strerror}") from None
         self.opts.progress.start("restore", snapshot.stats.bytes or None)
         try:
             tree = self.repo.load_tree(snapshot.tree)
@@ -361,6 +364,10 @@ class Restorer:
                     with self._lock:
                         self.result.warnings.append(f"{t.rel}: {err.strerror}")
                 continue
-            for file_off, chunk_off, n in t.pieces:
-                os.pwrite(fd, view[chunk_off : chunk_off + n], file_off)
+            try:
+                for file_off, chunk_off, n in t.pieces:
+                    os.pwrite(fd, view[chunk_off : chunk_off + n], file_off)
+            except OSError as err:  # full disk, quota, I/O error of the target
+                with self._lock:
+                    self.result.damaged[t.rel] = f"cannot write: {err.strerror}"
         self.opts.progress.advance(len(plain))

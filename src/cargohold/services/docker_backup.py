@@ -46,7 +46,7 @@ from cargohold.services.docker_sources import SourceKind, StateSource, Via, choo
 from cargohold.services.dumps import DumpFile, dump
 from cargohold.services.intents import IntentJournal
 from cargohold.services.quiesce import Participant, Quiescer, Window
-from cargohold.services.repository import locks_of
+from cargohold.services.repository import locks_of, newest_by_source
 
 #: Where the volume (or bind source) is mounted in a helper container.
 HELPER_MOUNT = "/volume"
@@ -168,13 +168,6 @@ def source_meta(
     }
 
 
-def _parents(repo: Repository) -> dict[tuple[str, str], Snapshot]:
-    newest: dict[tuple[str, str], Snapshot] = {}
-    for snap in repo.snapshots():  # oldest first: later ones replace earlier ones
-        newest[(snap.source.kind, snap.source.name)] = snap
-    return newest
-
-
 class DockerBackup:
     """One backup run over several sources of one engine."""
 
@@ -191,7 +184,7 @@ class DockerBackup:
         sweep_leftovers(self.docker)  # what an earlier, killed run left on this engine
         with locks_of(self.repo).shared(f"backup run {report.run_id}"):
             self.repo.load_index()  # after taking the lock: prune relies on this order
-            parents = _parents(self.repo)
+            parents = newest_by_source(self.repo)
             for source in sources:
                 report.results.append(self._one(source, report.run_id, parents))
         return report

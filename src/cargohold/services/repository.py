@@ -146,9 +146,20 @@ def find_snapshot(repo: Repository, ref: str, *, source: str | None = None) -> S
     return snap
 
 
+def newest_by_source(repo: Repository) -> dict[tuple[str, str], Snapshot]:
+    """The newest readable snapshot of each (source kind, name): the parents of the next backups.
+
+    An unreadable snapshot is skipped, not fatal: parents only feed the files cache, and one
+    damaged snapshot must not stop every backup (``check`` reports it).
+    """
+    newest: dict[tuple[str, str], Snapshot] = {}
+    for snap in repo.snapshots(errors={}):  # oldest first: later ones replace earlier ones
+        newest[(snap.source.kind, snap.source.name)] = snap
+    return newest
+
+
 def _parent_for(repo: Repository, source: Source) -> Snapshot | None:
-    same = [s for s in repo.snapshots() if s.source.kind == source.kind and s.source.name == source.name]
-    return same[-1] if same else None
+    return newest_by_source(repo).get((source.kind, source.name))
 
 
 def backup(
