@@ -19,6 +19,7 @@ from cargohold.audit.knowledge import StatefulImage, data_paths, image_paths, lo
 from cargohold.audit.model import AuditInput, Mount, StoreKind, VolumeFact, Workload
 from cargohold.model.backups import BackupRecord
 from cargohold.model.consistency import LABEL_MODE, OFFEN_STOP, Mode
+from cargohold.units import human_bytes
 
 H, M, L, INFO = Severity.HIGH, Severity.MEDIUM, Severity.LOW, Severity.INFO
 
@@ -168,18 +169,6 @@ _RULE_LIST = (
     ),
 )
 RULES: dict[str, Rule] = {r.id: r for r in _RULE_LIST}
-
-
-def human_bytes(n: int | None) -> str:
-    """1536 → "1.5 KiB" (the CLI's format; kept here so the rules stay below the CLI)."""
-    if n is None or n < 0:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 _SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from cargohold.units import human_bytes as human_bytes  # the CLI formats sizes this way
+
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
@@ -28,18 +30,6 @@ def print_json(data: Any, out: TextIO | None = None) -> None:
     stream = out or sys.stdout
     json.dump(data, stream, indent=2, sort_keys=True, ensure_ascii=False)
     stream.write("\n")
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None or n < 0:
-        return "-"
-    step = 1024.0
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < step or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= step
-    raise AssertionError("unreachable")
 
 
 def print_table(
