@@ -15,6 +15,7 @@ import typer
 from cargohold.cli.output import err_console
 from cargohold.errors import UsageError
 from cargohold.model.backups import BackupIndex
+from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot
 from cargohold.services import repository as svc
@@ -112,9 +113,10 @@ class RichProgress:
         self._task = None
 
 
-def progress_for(flag: bool | None) -> Any:
+def progress_for(flag: bool | None) -> Progress:
+    """Bars on stderr when it is a terminal (or when asked), else a progress that shows nothing."""
     show = sys.stderr.isatty() if flag is None else flag
-    return RichProgress() if show else None
+    return RichProgress() if show else NullProgress()
 
 
 def note(msg: str) -> None:

@@ -22,10 +22,15 @@ from cargohold.docker.helper import sweep_leftovers
 from cargohold.docker.sdk import SdkDocker
 from cargohold.errors import UsageError
 from cargohold.model.consistency import DumpKind, Mode
-from cargohold.repo.progress import NullProgress, Progress
+from cargohold.repo.progress import Progress
 from cargohold.services import repository as svc
 from cargohold.services.docker_backup import BackupRequest, DockerBackup, RunReport, SourceResult
-from cargohold.services.docker_restore import VolumeRestoreReport, VolumeRestoreRequest, restore_volume
+from cargohold.services.docker_restore import (
+    RESTORABLE_KINDS,
+    VolumeRestoreReport,
+    VolumeRestoreRequest,
+    restore_volume,
+)
 from cargohold.services.docker_sources import Via, resolve
 from cargohold.services.intents import IntentJournal, Recovered, recover
 from cargohold.services.verify import VerifyRequest, verify
@@ -93,8 +98,7 @@ def backup_docker(
     )
 
     def progress_factory(_label: str) -> Progress:
-        bar = progress_for(progress)
-        return bar if bar is not None else NullProgress()
+        return progress_for(progress)
 
     request = BackupRequest(
         via=via,
@@ -164,14 +168,13 @@ def restore_to_volume(
 ) -> None:
     """``cargohold restore SNAPSHOT --to VOLUME [--from-dump [CONTAINER]]``."""
     docker = SdkDocker(resolve_endpoint(host=engine)) if engine is not None else _docker(ctx)
-    bar = progress_for(progress)
     req = VolumeRestoreRequest(
         to=to,
         path=path,
         force=force,
         restart_containers=restart_containers,
         via=via,
-        progress=bar if bar is not None else NullProgress(),
+        progress=progress_for(progress),
         from_dump=from_dump,
     )
     with open_repo(repo, password_file) as r:
@@ -248,7 +251,7 @@ def verify_cmd(
         with svc.locks_of(r).shared("verify"):
             snap = svc.find_snapshot(r, ref, source=source)
             r.load_index()
-        docker = _docker(ctx) if snap.source.kind in ("volume", "bind") else None
+        docker = _docker(ctx) if snap.source.kind in RESTORABLE_KINDS else None
         record = verify(
             r,
             snap,

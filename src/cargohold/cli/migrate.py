@@ -15,7 +15,7 @@ from cargohold.cli.context import state
 from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.docker.connect import resolve_endpoint
 from cargohold.docker.sdk import SdkDocker
-from cargohold.repo.progress import NullProgress, Progress
+from cargohold.repo.progress import Progress
 from cargohold.services.docker_sources import Via
 from cargohold.services.migrate import (
     CopyRequest,
@@ -61,8 +61,7 @@ def _engine(url: str) -> SdkDocker:
 
 
 def _progress(flag: bool | None) -> Progress:
-    bar = progress_for(flag)
-    return bar if bar is not None else NullProgress()
+    return progress_for(flag)
 
 
 def _sync_json(v: SyncResult) -> dict[str, Any]:
