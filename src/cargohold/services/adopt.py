@@ -292,7 +292,7 @@ def _auto_remove(docker: DockerPort, cid: str) -> bool:
     try:
         spec = _RawEngine.of(docker).inspect(cid)
     except CargoholdError:
-        return False
+        return True  # unknown: assume it would vanish on stop, so it is paused, never stopped
     return bool((spec.get("HostConfig") or {}).get("AutoRemove"))
 
 
