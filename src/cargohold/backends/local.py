@@ -121,6 +121,20 @@ class LocalBackend:
         os.close(fd)
         return tmp
 
+    def stage(self, folder: str) -> StagedObject:
+        """A new temporary file in ``folder`` for an object whose name is known only once it
+        is written (a pack is named by the hash of its bytes): write it piece by piece, then
+        :meth:`StagedObject.commit` publishes it as durably as :meth:`store`. Nothing of it
+        is held in memory; until the commit it is an ignored temporary file."""
+        directory = self.root / check_name(folder)
+        try:
+            self._ensure_dir(directory)
+            tmp = directory / f".staged{_TMP_MARK}{secrets.token_hex(6)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise _write_error(err, folder, self.url) from err
+        return StagedObject(self, tmp, fd)
+
     # --- Backend protocol ------------------------------------------------------
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -258,3 +272,47 @@ class LocalBackend:
 
     def close(self) -> None:
         return None
+
+
+class StagedObject:
+    """An object being written to a temporary file of a :class:`LocalBackend`."""
+
+    def __init__(self, backend: LocalBackend, tmp: Path, fd: int) -> None:
+        self._backend = backend
+        self._tmp = tmp
+        self._fd: int | None = fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None, "the staged object is closed"
+        try:
+            _write_all(self._fd, data)
+        except OSError as err:
+            self.abort()
+            raise _write_error(err, self._tmp.name, self._backend.url) from err
+
+    def commit(self, name: str) -> None:
+        """fsync the file, rename it to ``name`` and fsync the folder."""
+        assert self._fd is not None, "the staged object is closed"
+        fd, self._fd = self._fd, None
+        path = self._backend._path(name)
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._backend._ensure_dir(path.parent)
+            os.replace(self._tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            raise _write_error(err, name, self._backend.url) from err
+
+    def abort(self) -> None:
+        """Drop what was written (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)

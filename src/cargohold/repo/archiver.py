@@ -22,18 +22,21 @@ import stat
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from cargohold import __version__
 from cargohold.errors import UsageError
 from cargohold.procinfo import current_user
-from cargohold.repo.chunker import Chunker, ChunkSource, ExtentReader, data_extents
+from cargohold.repo.chunker import Chunker, ChunkSource
 from cargohold.repo.crypto import Cipher
+from cargohold.repo.fileread import Compressibility, FileRead, open_noatime, read_file
 from cargohold.repo.format import BlobType
 from cargohold.repo.fsnode import node_from_stat
 from cargohold.repo.memory import tune_allocator
+from cargohold.repo.procpool import ProcessStore
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.snapshot import Snapshot, SnapshotStats, Source
@@ -53,6 +56,11 @@ class BackupOptions:
     #: Do not write a snapshot when nothing changed since the parent (the result says so).
     skip_if_unchanged: bool = False
     workers: int = 2
+    #: Store files in ``workers`` worker processes (each with its own interpreter lock) once
+    #: more than this many bytes of changed files would go to the in-process threads (small
+    #: backups never pay for starting processes); None: never.
+    #: Only for repositories a child process can open (a local directory).
+    processes_after: int | None = 4 * 1024 * 1024
     max_inflight: int = 8 * 1024 * 1024
     progress: Progress = field(default_factory=NullProgress)
     #: Extra trees stored with the snapshot (see :attr:`Snapshot.extra_trees`).
@@ -98,6 +106,12 @@ class _Budget:
                 self._cond.wait()
 
 
+class _Pending(Protocol):
+    """A file handed to the readers: ``result()`` waits and says whether it was stored."""
+
+    def result(self) -> bool: ...
+
+
 #: How many files may be handed to the readers before started directories are finished.
 _LOOKAHEAD = 2000
 
@@ -112,29 +126,9 @@ class _Dir:
         self.parent_id = parent_id
         self.previous = {n.name: n for n in parent.nodes} if parent is not None else {}
         self.nodes: list[Node] = []
-        self.pending: list[tuple[Node, Future[bool]]] = []
+        self.pending: list[tuple[Node, _Pending]] = []
         self.subdirs: list[tuple[Node, _Dir]] = []
         self.tree_id: bytes | None = None
-
-
-class _Compressibility:
-    """Stop compressing the rest of a file whose first chunks did not shrink."""
-
-    __slots__ = ("shrank", "tried")
-    PROBE = 4
-
-    def __init__(self) -> None:
-        self.tried = 0
-        self.shrank = 0
-
-    @property
-    def compress(self) -> bool:
-        return self.tried < self.PROBE or self.shrank > 0
-
-    def record(self, shrank: bool) -> None:
-        self.tried += 1
-        if shrank:
-            self.shrank += 1
 
 
 class Archiver:
@@ -154,6 +148,9 @@ class Archiver:
         self._ready: deque[_Dir] = deque()
         self._outstanding = 0
         self._blob_pool: ThreadPoolExecutor | None = None
+        self._procs: ProcessStore | None = None
+        #: Bytes of changed files handed to the in-process threads.
+        self._threaded_bytes = 0
 
     # --- public ---------------------------------------------------------------------
 
@@ -204,6 +201,7 @@ class Archiver:
         finally:
             self._file_pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True)
+            self._close_processes()
         if self._error is not None:
             raise self._error
         root_node = node_from_stat(root, b"", st)
@@ -328,8 +326,7 @@ class Archiver:
                         self.stats.files_new += 1
                     else:
                         self.stats.files_changed += 1
-                    assert self._file_pool is not None
-                    d.pending.append((node, self._file_pool.submit(self._read_file, full, node, prev)))
+                    d.pending.append((node, self._dispatch(full, node, prev)))
                     self._outstanding += 1
             else:
                 self.stats.others += 1
@@ -386,51 +383,64 @@ class Archiver:
             self._local.chunker = ch
         return ch
 
-    def _read_file(self, path: bytes, node: Node, prev: Node | None) -> bool:
+    def _dispatch(self, path: bytes, node: Node, prev: Node | None) -> _Pending:
+        """Hand a changed file to the worker processes or, for the first bytes of a backup
+        (small backups never pay for starting processes), to the reader threads."""
+        previous = prev.chunking if prev is not None else None
+        after = self.opts.processes_after
+        if self._procs is None and after is not None and self._threaded_bytes + node.size > after:
+            if self.repo.worker_setup() is not None:
+                self._procs = ProcessStore(self.repo, self.opts.workers, self.opts.progress, self._fail)
+            else:
+                self.opts.processes_after = None
+        if self._procs is not None:
+            return self._procs.submit(path, node.size, previous, lambda r: self._apply(node, r))
+        self._threaded_bytes += node.size
+        assert self._file_pool is not None
+        return self._file_pool.submit(self._read_file, path, node, previous)
+
+    def _close_processes(self) -> None:
+        procs, self._procs = self._procs, None
+        if procs is None:
+            return
+        if self._error is not None:
+            procs.abort()
+            return
+        try:
+            procs.close()
+        except BaseException as err:
+            self._fail(err)
+
+    def _fail(self, err: BaseException) -> None:
+        """Stop the whole backup with ``err`` (the first error wins)."""
+        with self._stats_lock:
+            if self._error is None:
+                self._error = err
+
+    def _read_file(self, path: bytes, node: Node, previous_chunking: str | None) -> bool:
         """Read, chunk and hash one file; False when it could not be read (warned)."""
         if self._error is not None:
             return False
         try:
-            fd = _open_noatime(path)
-        except FileNotFoundError:
-            return False
-        except OSError as err:
-            self._warn(f"{os.fsdecode(path)}: cannot read: {err.strerror}")
-            return False
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self._warn(f"{os.fsdecode(path)}: replaced while reading")
-                return False
-            size = st.st_size
-            extents = data_extents(fd, size) if st.st_blocks * 512 < size else None
-            method = self.repo.config.chunker.choose(size, prev.chunking if prev is not None else None)
-            reader = ExtentReader(fd, extents, size)
-            data_size = size if extents is None else sum(n for _, n in extents)
-            stored = self._store_content(reader, method, data_size)
-            if stored is None:
-                return False
-            content, total = stored
-            if extents is None:
-                if total != size:
-                    self._warn(f"{os.fsdecode(path)}: changed size while reading")
-                node.size = total
-            else:
-                node.size = size
-            node.content = content
-            node.extents = extents
-            node.chunking = method
-            self.opts.progress.advance(0, 1)
-            return True
-        except OSError as err:
-            self._warn(f"{os.fsdecode(path)}: read error: {err.strerror}")
-            return False
+            result = read_file(path, previous_chunking, self.repo.config.chunker, self._store_content)
         except BaseException as err:  # a bug or a backend error: stop the whole backup
-            if self._error is None:
-                self._error = err
+            self._fail(err)
             return False
-        finally:
-            os.close(fd)
+        ok = self._apply(node, result)
+        self.opts.progress.advance(0, 1)
+        return ok
+
+    def _apply(self, node: Node, result: FileRead) -> bool:
+        """Put a file's stored content into its node; False when it is left out (warned)."""
+        if result.warning is not None:
+            self._warn(result.warning)
+        if not result.ok:
+            return False
+        node.size = result.size
+        node.content = result.content
+        node.extents = result.extents
+        node.chunking = result.method
+        return True
 
     def _store_content(self, reader: ChunkSource, method: str, data_size: int) -> tuple[list[bytes], int] | None:
         """Cut ``reader`` into chunks, hash them and hand the new ones to the blob workers.
@@ -438,7 +448,7 @@ class Archiver:
         Returns the chunk ids and the bytes read, or None when the backup is failing.
         """
         content: list[bytes] = []
-        comp = _Compressibility()
+        comp = Compressibility()
         total = 0
         repo = self.repo
         batch: list[tuple[bytes, bytes]] = []
@@ -461,7 +471,7 @@ class Archiver:
             self._submit(batch, batch_bytes, comp)
         return content, total
 
-    def _submit(self, batch: list[tuple[bytes, bytes]], nbytes: int, comp: _Compressibility) -> None:
+    def _submit(self, batch: list[tuple[bytes, bytes]], nbytes: int, comp: Compressibility) -> None:
         """Hand new chunks to a blob worker, in batches: one task, one budget and lock round
         per ~1 MiB instead of per chunk keeps the threads from fighting over the GIL."""
         self._budget.acquire(nbytes)
@@ -477,7 +487,7 @@ class Archiver:
         for bid, _ in batch:
             self.repo.release(bid)
 
-    def _store(self, batch: list[tuple[bytes, bytes]], nbytes: int, comp: _Compressibility) -> None:
+    def _store(self, batch: list[tuple[bytes, bytes]], nbytes: int, comp: Compressibility) -> None:
         done = 0
         try:
             encoded = []
@@ -490,8 +500,7 @@ class Archiver:
             self.repo.add_encoded_many(BlobType.DATA, encoded)
             done = len(encoded)
         except BaseException as err:
-            if self._error is None:
-                self._error = err
+            self._fail(err)
         finally:
             if done < len(batch):
                 self._release_batch(batch[done:])
@@ -508,22 +517,9 @@ def _comparable(node: Node) -> dict[str, object]:
     return d
 
 
-def _open_noatime(path: bytes, *, directory: bool = False) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    if directory:
-        flags |= os.O_DIRECTORY
-    noatime = getattr(os, "O_NOATIME", 0)
-    if noatime:
-        try:
-            return os.open(path, flags | noatime)
-        except PermissionError:
-            pass
-    return os.open(path, flags)
-
-
 def _list_dir(path: bytes) -> list[bytes]:
     """Entry names sorted by bytes, read without touching the directory's atime."""
-    fd = _open_noatime(path, directory=True)
+    fd = open_noatime(path, directory=True)
     try:
         with os.scandir(fd) as it:
             return sorted(os.fsencode(e.name) for e in it)

@@ -107,21 +107,23 @@ class ExtentReader:
             return n
         return 0
 
-    def remaining(self) -> int:
-        """Bytes of data regions not read yet (the file may still shrink)."""
-        left = 0
-        for i in range(self._i, len(self._extents)):
-            start, length = self._extents[i]
-            left += start + length - max(start, self._pos) if i == self._i else length
-        return max(left, 0)
-
     def read(self, n: int) -> bytes:
-        n = min(n, self.remaining())  # never allocate (and zero) more than can come
-        if n <= 0:
-            return b""
-        buf = bytearray(n)
-        got = self.readinto(memoryview(buf))
-        return bytes(buf[:got])
+        """Up to ``n`` bytes from the current data region (fewer at its end)."""
+        while self._i < len(self._extents):
+            start, length = self._extents[self._i]
+            end = start + length
+            if self._pos >= end:
+                self._i += 1
+                if self._i < len(self._extents):
+                    self._pos = self._extents[self._i][0]
+                continue
+            data = os.pread(self._fd, min(n, end - self._pos), self._pos)
+            if not data:  # the file shrank while we read it
+                self._i = len(self._extents)
+                return b""
+            self._pos += len(data)
+            return data
+        return b""
 
 
 class ChunkSource(Protocol):
@@ -159,28 +161,25 @@ class Chunker:
 
     @staticmethod
     def _fixed(reader: ChunkSource, size: int) -> Iterator[bytes]:
-        block = max(size, (1024 * 1024 // size) * size)
-        buf = bytearray(block)
-        mv = memoryview(buf)
-        carry = b""
+        """Chunks of exactly ``size`` bytes (the last one shorter), each read straight into
+        its own bytes object: no block buffer to slice and copy again."""
         while True:
-            filled = 0
-            while filled < block:
-                n = reader.readinto(mv[filled:])
-                if n == 0:
-                    break
-                filled += n
-            data = carry + bytes(mv[:filled]) if carry else bytes(mv[:filled])
-            carry = b""
-            full = len(data) - len(data) % size
-            for off in range(0, full, size):
-                yield data[off : off + size]
-            rest = data[full:]
-            if filled < block:
-                if rest:
-                    yield rest
+            data = reader.read(size)
+            if len(data) < size and data:
+                parts = [data]
+                got = len(data)
+                while got < size:
+                    more = reader.read(size - got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+            if not data:
                 return
-            carry = rest
+            yield data
+            if len(data) < size:
+                return
 
 
 def _read_upto(reader: ChunkSource, size: int) -> bytes | bytearray:

@@ -153,11 +153,12 @@ class BlobTable:
             return
         main = self._main
         keys = _Keys(memoryview(main))
+        buckets = self._buckets
         out = bytearray()
         prev = 0
-        n = len(keys)
         for bid in sorted(self._pending):
-            pos = bisect_left(keys, bid, 0, n)
+            prefix = (bid[0] << 8) | bid[1]  # search only the records of the same 2-byte prefix
+            pos = bisect_left(keys, bid, max(prev, buckets[prefix]), buckets[prefix + 1])
             out += main[prev * REC_SIZE : pos * REC_SIZE]
             out += _REC.pack(bid, *self._pending[bid])
             prev = pos

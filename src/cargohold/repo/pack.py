@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Protocol
 
 from cargohold.errors import IntegrityError, UnsupportedFormat
 from cargohold.repo.crypto import Cipher
@@ -32,35 +33,73 @@ class PackBuilder:
 
     def __init__(self, btype: BlobType) -> None:
         self.type = btype
-        self.buf = bytearray()
+        self._parts: list[bytes] = []
+        self._size = 0
         self.entries: list[BlobEntry] = []
 
     @property
     def size(self) -> int:
-        return len(self.buf)
+        return self._size
 
     def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
-        self.entries.append(BlobEntry(blob_id, self.type, len(self.buf), len(stored), raw_length))
-        self.buf += stored
+        self.entries.append(BlobEntry(blob_id, self.type, self._size, len(stored), raw_length))
+        self._parts.append(stored)
+        self._size += len(stored)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, cipher: Cipher) -> tuple[bytes, bytearray, PackRecord]:
+    def finish(self, cipher: Cipher) -> tuple[bytes, bytes, PackRecord]:
         """``(pack id, pack bytes, record)``; the builder must not be used afterwards.
 
-        The bytes returned are the builder's own buffer (no copy of a 16 MiB pack).
+        The blobs are kept apart until here and joined once (growing one buffer blob by
+        blob copied a 16 MiB pack several times over).
         """
-        header = bytearray(_HDR.pack(_MAGIC, 1, int(self.type), len(self.entries)))
-        for e in self.entries:
-            header += _ENTRY.pack(e.id, e.length, e.raw_length)
-        sealed = cipher.encrypt(bytes(header), AD_PACK_HEADER)
-        data = self.buf
-        self.buf = bytearray()
-        data += sealed
-        data += _TRAILER.pack(len(sealed))
+        parts, self._parts = self._parts, []
+        parts.append(_tail(cipher, self.type, self.entries))
+        data = b"".join(parts)
+        del parts
         pack_id = hashlib.sha256(data).digest()
         return pack_id, data, PackRecord(pack_id, self.type, list(self.entries))
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
+class PackStream:
+    """A pack written to ``sink`` blob by blob as it is filled (nothing is buffered) and
+    hashed on the way; the sink is then published under :func:`pack_name` of the id."""
+
+    def __init__(self, btype: BlobType, sink: Sink) -> None:
+        self.type = btype
+        self.sink = sink
+        self.entries: list[BlobEntry] = []
+        self.size = 0
+        self._sha = hashlib.sha256()
+
+    def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
+        self.sink.write(stored)
+        self._sha.update(stored)
+        self.entries.append(BlobEntry(blob_id, self.type, self.size, len(stored), raw_length))
+        self.size += len(stored)
+
+    def finish(self, cipher: Cipher) -> tuple[bytes, PackRecord]:
+        """Write the header and trailer; ``(pack id, record)``."""
+        tail = _tail(cipher, self.type, self.entries)
+        self.sink.write(tail)
+        self._sha.update(tail)
+        pack_id = self._sha.digest()
+        return pack_id, PackRecord(pack_id, self.type, list(self.entries))
+
+
+def _tail(cipher: Cipher, btype: BlobType, entries: list[BlobEntry]) -> bytes:
+    """The sealed header listing ``entries`` and the trailer that gives its length."""
+    header = bytearray(_HDR.pack(_MAGIC, 1, int(btype), len(entries)))
+    for e in entries:
+        header += _ENTRY.pack(e.id, e.length, e.raw_length)
+    sealed = cipher.encrypt(bytes(header), AD_PACK_HEADER)
+    return sealed + _TRAILER.pack(len(sealed))
 
 
 def header_length(trailer: bytes, pack_size: int, *, what: str) -> int:

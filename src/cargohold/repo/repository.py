@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from cargohold.backends.base import Backend
 from cargohold.errors import (
@@ -207,6 +207,17 @@ class Repository:
             self._inflight.add(bid)
             return True
 
+    def reserve_many(self, bids: list[bytes]) -> bytes:
+        """:meth:`reserve` for many ids under one lock: a byte per id, 1 where it must be stored."""
+        out = bytearray(len(bids))
+        with self._lock:
+            inflight, index = self._inflight, self.index
+            for i, bid in enumerate(bids):
+                if bid not in inflight and bid not in index:
+                    inflight.add(bid)
+                    out[i] = 1
+        return bytes(out)
+
     def release(self, bid: bytes) -> None:
         """Give up a reservation (the blob was not stored)."""
         with self._lock:
@@ -311,15 +322,41 @@ class Repository:
 
     def _write_pack(self, builder: PackBuilder) -> None:
         pack_id, data, rec = builder.finish(self.cipher)
-        # Backends write any bytes-like buffer; passing the builder's bytearray saves a
-        # 16 MiB copy per pack.
-        self.store_object(pack_name(pack_id), cast(bytes, data))
+        self.store_object(pack_name(pack_id), data)
+        self._indexed_pack(rec)
+
+    def _indexed_pack(self, rec: PackRecord) -> None:
         with self._lock:
             self.index.add_pack(rec)
             self._unindexed.append(rec)
             for b in rec.blobs:
                 self._inflight.discard(b.id)
             self.packs_written += 1
+
+    def add_written_pack(self, rec: PackRecord) -> None:
+        """Index a pack that a worker process wrote with blobs it reserved here
+        (:meth:`reserve_many`); the next :meth:`flush` lists it in an index file."""
+        with self._lock:
+            self.added_bytes += sum(b.length for b in rec.blobs)
+            self.added_raw_bytes += sum(b.raw_length for b in rec.blobs)
+            self.added_blobs += len(rec.blobs)
+        self._indexed_pack(rec)
+
+    def worker_setup(self) -> dict[str, Any] | None:
+        """What a backup worker process needs to store blobs into this repository itself
+        (:mod:`cargohold.repo.procworker`), or None when its backend cannot be opened by
+        another process (in-memory, fault-injecting, remote ones for now)."""
+        from cargohold.backends.local import LocalBackend
+
+        if type(self.backend) is not LocalBackend:
+            return None
+        return {
+            "root": str(self.backend.root),
+            "key": self.key.to_bytes(),
+            "chunker": self.config.chunker.to_json(),
+            "level": self.config.compression_level,
+            "pack_size": self.config.pack_size,
+        }
 
     def flush(self) -> list[str]:
         """Write open packs, then an index file for every pack not yet indexed."""

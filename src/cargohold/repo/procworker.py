@@ -1,0 +1,210 @@
+"""A backup worker process: reads, chunks, hashes, compresses, encrypts and packs files.
+
+Started by :mod:`cargohold.repo.procpool` as ``python -m cargohold.repo.procworker FD``
+where ``FD`` is its end of a socket pair; everything else arrives over that socket (the
+key never appears on a command line or in the environment). Python threads share one
+interpreter lock, so in-process threads keep only ~1.4 of 2 cores busy and spend much of
+their time handing the lock back and forth; worker processes each have their own.
+
+The protocol (pickled tuples, the worker asks, the parent answers)::
+
+    parent -> worker   {"root", "key", "chunker", "level", "pack_size"}   once, first
+    worker -> parent   ("next",)                     -> ("files", [(seq, path, prev chunking)]) | ("stop",)
+    worker -> parent   ("claim", ids, nbytes)        -> bytes: 1 = store this blob, 0 = known
+    worker -> parent   ("pack", PackRecord)          a pack is written (durably)
+    worker -> parent   ("files", [(seq, FileRead)])  files cut and hashed (their new chunks claimed)
+    worker -> parent   ("bye",)                      after "stop": last pack written
+    worker -> parent   ("fatal", kind, message, hint, traceback)
+
+Dedup stays exact across processes: a worker hashes a batch of chunks and *claims* the
+ids; the parent answers from its index and its in-flight set, so a chunk is stored once
+even when two workers meet it at the same time. A claimed blob counts as in flight until
+the worker reports the pack that holds it; if a worker dies before that, the parent fails
+the whole backup (no snapshot refers to a blob that was never written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from cargohold.backends.local import LocalBackend, StagedObject
+from cargohold.repo.chunker import Chunker, ChunkerParams, ChunkSource
+from cargohold.repo.crypto import Cipher, MasterKey, blob_id
+from cargohold.repo.fileread import Compressibility, read_file
+from cargohold.repo.format import BlobType, encode_blob, pack_name
+from cargohold.repo.index import PackRecord
+from cargohold.repo.memory import tune_allocator
+from cargohold.repo.pack import PackStream
+
+_PR_SET_PDEATHSIG = 1
+
+#: New chunks are claimed from the parent in batches of about this many bytes.
+CLAIM_BATCH = 2 * 1024 * 1024
+
+
+class Worker:
+    def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
+        self.conn = conn
+        self.backend = LocalBackend(setup["root"])
+        self.key = MasterKey.from_bytes(setup["key"])
+        self.cipher = Cipher(self.key)
+        self.params = ChunkerParams.from_json(setup["chunker"])
+        self.chunker = Chunker(self.params, self.key.chunker_seed)
+        self.level: int = setup["level"]
+        self.pack_size: int = setup["pack_size"]
+        #: The pack being written (straight to a staged file) and its file.
+        self.pack: PackStream | None = None
+        self._staged: StagedObject | None = None
+        self._send_lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ch-pack")
+        self._pending: Future[None] | None = None
+        #: Chunks hashed but not yet claimed (id, data, the compressibility of their file),
+        #: and those claimed whose answer is not read yet.
+        self._batch: list[tuple[bytes, bytes, Compressibility]] = []
+        self._claimed: list[tuple[bytes, bytes, Compressibility]] = []
+        self._nbytes = 0
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(msg)
+
+    def run(self) -> None:
+        while True:
+            self.send(("next",))
+            msg = self.conn.recv()
+            if msg[0] == "stop":
+                break
+            done = [(seq, read_file(path, previous, self.params, self.store)) for seq, path, previous in msg[1]]
+            self._claim()
+            self.send(("files", done))  # the parent may go on while the last chunks are stored
+            self._store_claimed()
+        if self.pack is not None:
+            self._queue_pack()
+        self._wait_pack()
+        self._writer.shutdown(wait=True)
+        self.send(("bye",))
+
+    def store(self, reader: ChunkSource, method: str, data_size: int) -> tuple[list[bytes], int]:
+        """Cut and hash one file; its chunks are claimed and stored in batches that may hold
+        many small files (one round trip to the parent per ~2 MiB, not per file)."""
+        content: list[bytes] = []
+        comp = Compressibility()
+        total = 0
+        key = self.key
+        batch = self._batch
+        for data in self.chunker.chunks(reader, method, data_size):
+            bid = blob_id(key, data)
+            content.append(bid)
+            batch.append((bid, data, comp))
+            total += len(data)
+            self._nbytes += len(data)
+            if self._nbytes >= CLAIM_BATCH:
+                self._claim()
+                batch = self._batch
+        return content, total
+
+    def _claim(self) -> None:
+        """Ask the parent which of the hashed chunks are new; its answer is read (and the new
+        chunks stored) only after the next batch is hashed or the job ends, so the round
+        trip overlaps with work."""
+        self._store_claimed()
+        if not self._batch:
+            return
+        self.send(("claim", b"".join(bid for bid, _, _ in self._batch), self._nbytes))
+        self._claimed, self._batch, self._nbytes = self._batch, [], 0
+
+    def _store_claimed(self) -> None:
+        claimed, self._claimed = self._claimed, []
+        if not claimed:
+            return
+        wanted = self.conn.recv_bytes()
+        for (bid, data, comp), want in zip(claimed, wanted, strict=True):
+            if not want:
+                continue
+            stored = encode_blob(self.cipher, BlobType.DATA, bid, data, level=self.level, compress=comp.compress)
+            comp.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
+            if self.pack is None:
+                self._staged = self.backend.stage("data")
+                self.pack = PackStream(BlobType.DATA, self._staged)
+            self.pack.add(bid, stored, len(data))
+            if self.pack.size >= self.pack_size:
+                self._queue_pack()
+
+    def _queue_pack(self) -> None:
+        """Close the pack; the writer thread makes it durable (fsync, rename) while the next
+        one fills. At most one waits."""
+        pack, staged = self.pack, self._staged
+        assert pack is not None and staged is not None
+        self.pack = self._staged = None
+        try:
+            pack_id, rec = pack.finish(self.cipher)
+        except BaseException:
+            staged.abort()
+            raise
+        self._wait_pack()
+        self._pending = self._writer.submit(self._commit, staged, pack_id, rec)
+
+    def _wait_pack(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _commit(self, staged: StagedObject, pack_id: bytes, rec: PackRecord) -> None:
+        staged.commit(pack_name(pack_id))
+        self.send(("pack", rec))
+
+    def close(self) -> None:
+        """Drop a pack not finished (the worker is failing)."""
+        if self._staged is not None:
+            self._staged.abort()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the parent dies (a killed backup leaves no
+    worker behind to finish its packs); elsewhere the closed socket ends it soon enough."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return 1
+    conn = Connection(int(argv[1]))
+    try:
+        setup = conn.recv()
+    except (EOFError, OSError):
+        return 1
+    tune_allocator()
+    worker = None
+    try:
+        worker = Worker(conn, setup)
+        worker.run()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 1  # the parent is gone: nothing to report to
+    except BaseException as err:
+        kind = type(err).__name__
+        message = getattr(err, "message", None) or str(err) or kind
+        hint = getattr(err, "hint", None)
+        with contextlib.suppress(OSError):
+            conn.send(("fatal", kind, message, hint, traceback.format_exc()))
+        return 1
+    finally:
+        if worker is not None:
+            worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
