@@ -11,7 +11,10 @@ process per operation, repository in the work directory):
   restore     the latest snapshot into an empty directory
 
 and measure the repository size after the full backup (`du -sb`), its growth after the
-incremental and the peak RSS of every process (`os.wait4` per child). The page cache is
+incremental and peak memory: the larger of each process's own peak RSS (`os.wait4`; summed
+over a pipeline) and the peak of the sum of PSS over the whole process tree, sampled every
+20 ms (cargohold's backup runs worker processes: their memory counts, shared pages once).
+The page cache is
 left warm (nothing is dropped: the machine is shared), so the corpus is read from memory
 by every tool alike; dirty pages are written back (`sync`, untimed) before each step, so no
 tool pays for the writeback of the previous one's writes. The restored tree is compared
@@ -47,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -91,7 +95,7 @@ class Run:
     argv: list[str]
     wall_s: float
     cpu_s: float  # user + system of the measured processes
-    peak_rss_bytes: int  # sum over a pipeline's processes of each one's peak
+    peak_rss_bytes: int  # max(sum of each process's own peak RSS, peak of the tree's summed PSS)
     others_cpu_s: float  # CPU time the rest of the machine used meanwhile (shared cores)
     load: tuple[float, float, float]
 
@@ -104,6 +108,51 @@ class Run:
             "others_cpu_s": round(self.others_cpu_s, 3),
             "loadavg": list(self.load),
         }
+
+
+class _TreeMemory(threading.Thread):
+    """Samples the summed PSS of some processes and all their descendants; the peak, in bytes."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(_pss(pid) for pid in _descendants(self.pids)))
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.join()
+        return self.peak
+
+
+def _descendants(pids: list[int]) -> list[int]:
+    out: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size of a process in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _busy_cpu_s() -> float:
@@ -152,6 +201,8 @@ def run(
                 prev.close()  # the pipe now belongs to the two children
             prev = p.stdout
             procs.append((p, argv, err))
+        sampler = _TreeMemory([p.pid for p, _, _ in procs])
+        sampler.start()
         for p, argv, err in procs:
             _, status, usage = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
@@ -162,6 +213,7 @@ def run(
                 msg = err.read().decode(errors="replace").strip()[-2000:]
                 failures.append(f"{' '.join(argv)}: exit {p.returncode}: {msg}")
         wall = time.perf_counter() - start
+        rss = max(rss, sampler.stop())
     if failures:
         raise SystemExit("FAILED: " + "\n".join(failures))
     others = max(0.0, _busy_cpu_s() - busy0 - cpu)
