@@ -111,7 +111,12 @@ class Restorer:
         self._links: dict[tuple[int, int], bytes] = {}
         self._lock = threading.Lock()
         self._tls = threading.local()
-        self._sizes: dict[bytes, int] = {}
+        #: Files written by the data phase: the size to set (sparse: holes at the end), or None.
+        self._sizes: dict[bytes, int | None] = {}
+        #: Files the data phase created (the others are created empty afterwards).
+        self._created: set[bytes] = set()
+        #: Directories that were empty when we came (or that we made): nothing to clear in them.
+        self._fresh: set[bytes] = set()
         self._hardlinks: list[tuple[bytes, bytes, str]] = []
         self._caches: list[OrderedDict[bytes, int]] = []
 
@@ -120,6 +125,9 @@ class Restorer:
         root = os.fsencode(os.path.abspath(target))
         try:
             os.makedirs(root, exist_ok=True)
+            with os.scandir(root) as entries:
+                if next(entries, None) is None:
+                    self._fresh.add(root)
         except OSError as err:
             raise UsageError(f"cannot restore into {os.fsdecode(root)}: {err.strerror}") from None
         self.opts.progress.start("restore", snapshot.stats.bytes or None)
@@ -133,7 +141,7 @@ class Restorer:
         self._walk(tree.nodes, root, ())
         self._write_data()
         for path, node in self._files:  # files whose data could not be written at all
-            if node.type == FILE and path in self._sizes and not os.path.lexists(path):
+            if node.type == FILE and path in self._sizes and path not in self._created:
                 _create(path, node.size)
         for first, path, relname in self._hardlinks:
             try:
@@ -206,9 +214,15 @@ class Restorer:
             os.unlink(path)
 
     def _restore_node(self, node: Node, path: bytes, relname: str, here: tuple[bytes, ...]) -> None:
-        self._clear(path, keep_dir=node.type == DIR)
+        fresh = path.rpartition(b"/")[0] in self._fresh  # nothing there to replace
+        if not fresh:
+            self._clear(path, keep_dir=node.type == DIR)
         if node.type == DIR:
-            os.makedirs(path, exist_ok=True)
+            if fresh:
+                os.mkdir(path)
+                self._fresh.add(path)
+            else:
+                os.makedirs(path, exist_ok=True)
             self.result.dirs += 1
             self._dirs.append((path, node))
             if node.subtree is not None:
@@ -231,7 +245,7 @@ class Restorer:
             if not node.content:  # empty, or only holes: nothing will write it
                 _create(path, node.size)
             else:  # created by the first write (in parallel, off the walk)
-                self._sizes[path] = node.size
+                self._sizes[path] = node.size if node.extents is not None else None
             self._plan_file(node, path, relname)
             self._files.append((path, node))
             self.result.files += 1
@@ -337,11 +351,14 @@ class Restorer:
         # The walk removed whatever was at ``path``, so creating without O_TRUNC is safe when
         # two threads race to create the same file; setting the final size is idempotent.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, self._sizes[path])
-        except BaseException:
-            os.close(fd)
-            raise
+        size = self._sizes[path]
+        if size is not None:  # sparse: the writes alone would not reach a hole at the end
+            try:
+                os.ftruncate(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._created.add(path)
         cache[path] = fd
         if len(cache) > _MAX_FDS:
             os.close(cache.popitem(last=False)[1])
