@@ -117,15 +117,15 @@ class _TreeMemory(threading.Thread):
         super().__init__(daemon=True)
         self.pids = pids
         self.peak = 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.peak = max(self.peak, sum(_pss(pid) for pid in _descendants(self.pids)))
-            self._stop.wait(0.02)
+            self._done.wait(0.02)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._done.set()
         self.join()
         return self.peak
 
