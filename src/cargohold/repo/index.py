@@ -19,6 +19,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cargohold.errors import IntegrityError, UnsupportedFormat
 from cargohold.repo.format import ID_SIZE, BlobType
@@ -28,9 +29,8 @@ REC_SIZE = _REC.size  # 48
 _MERGE_MIN = 16384
 
 
-@dataclass(frozen=True, slots=True)
-class BlobEntry:
-    """One blob of a pack."""
+class BlobEntry(NamedTuple):
+    """One blob of a pack (a named tuple: index files hold tens of thousands, built fast)."""
 
     id: bytes
     type: BlobType
@@ -274,12 +274,12 @@ def decode_index(data: bytes, *, what: str) -> tuple[list[PackRecord], list[byte
             pid, ptype, nblobs = _PACK.unpack_from(data, pos)
             pos += _PACK.size
             btype = BlobType(ptype)
-            rec = PackRecord(pid, btype)
-            for _ in range(nblobs):
-                bid, off, length, raw = _ENTRY.unpack_from(data, pos)
-                pos += _ENTRY.size
-                rec.blobs.append(BlobEntry(bid, btype, off, length, raw))
-            packs.append(rec)
+            end = pos + nblobs * _ENTRY.size
+            if end > len(data):
+                raise IntegrityError(f"{what}: malformed index (truncated)")
+            entries = _ENTRY.iter_unpack(memoryview(data)[pos:end])
+            packs.append(PackRecord(pid, btype, [BlobEntry(b, btype, o, n, r) for b, o, n, r in entries]))
+            pos = end
     except (struct.error, ValueError) as err:
         raise IntegrityError(f"{what}: malformed index ({err})") from None
     if pos != len(data):
