@@ -151,6 +151,8 @@ class Archiver:
         self._procs: ProcessStore | None = None
         #: Bytes of changed files handed to the in-process threads.
         self._threaded_bytes = 0
+        #: Whether a worker process can open the repository (asked once).
+        self._shareable: bool | None = None
 
     # --- public ---------------------------------------------------------------------
 
@@ -196,12 +198,14 @@ class Archiver:
         self.opts.progress.start("backup")
         self._file_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-read")
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
+        failed = True
         try:
             tree_id = self._walk(root, ref_tree, ref.tree if ref is not None else None)
+            failed = False
         finally:
+            self._close_processes(failed)  # first: a failing backup stops its workers at once
             self._file_pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True)
-            self._close_processes()
         if self._error is not None:
             raise self._error
         root_node = node_from_stat(root, b"", st)
@@ -389,21 +393,21 @@ class Archiver:
         previous = prev.chunking if prev is not None else None
         after = self.opts.processes_after
         if self._procs is None and after is not None and self._threaded_bytes + node.size > after:
-            if self.repo.worker_setup() is not None:
+            if self._shareable is None:
+                self._shareable = self.repo.worker_setup() is not None
+            if self._shareable:
                 self._procs = ProcessStore(self.repo, self.opts.workers, self.opts.progress, self._fail)
-            else:
-                self.opts.processes_after = None
         if self._procs is not None:
             return self._procs.submit(path, node.size, previous, lambda r: self._apply(node, r))
         self._threaded_bytes += node.size
         assert self._file_pool is not None
         return self._file_pool.submit(self._read_file, path, node, previous)
 
-    def _close_processes(self) -> None:
+    def _close_processes(self, failed: bool) -> None:
         procs, self._procs = self._procs, None
         if procs is None:
             return
-        if self._error is not None:
+        if failed or self._error is not None:
             procs.abort()
             return
         try:

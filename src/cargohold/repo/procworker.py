@@ -178,6 +178,7 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str]) -> int:
     parent = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the backup process, which stops us
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
         return 1
