@@ -104,14 +104,19 @@ class BlobTable:
         hi = self._buckets[prefix + 1]
         if lo == hi:
             return None
-        mv = memoryview(main)
-        i = bisect_left(_Keys(mv), blob_id, lo, hi)
-        if i < hi:
-            o = i * REC_SIZE
-            if mv[o : o + ID_SIZE] == blob_id:
-                _, pack, off, length, raw = _REC.unpack_from(main, o)
-                return (pack, off, length, raw)
-        return None
+        if len(blob_id) != ID_SIZE:
+            return None
+        # The records of one 2-byte prefix are few (~n/65536): a search in C over their
+        # bytes beats a bisection in Python. A hit must start a record (an id cannot start
+        # inside another record's fields, but the bytes could happen to match there).
+        end = hi * REC_SIZE
+        o = main.find(blob_id, lo * REC_SIZE, end)
+        while o >= 0 and o % REC_SIZE:
+            o = main.find(blob_id, o + 1, end)
+        if o < 0:
+            return None
+        _, pack, off, length, raw = _REC.unpack_from(main, o)
+        return (pack, off, length, raw)
 
     def __contains__(self, blob_id: bytes) -> bool:
         return self.get(blob_id) is not None

@@ -43,6 +43,10 @@ def _get_bytes(d: dict[str, Any], key: str) -> bytes | None:
     return None
 
 
+def _int(v: Any) -> int:
+    return v if type(v) is int else int(v)
+
+
 @dataclass
 class Node:
     """One directory entry with everything needed to restore it byte-exactly."""
@@ -100,40 +104,49 @@ class Node:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Node:
-        name = _get_bytes(d, "name")
-        if name is None:
-            raise ValueError("node without a name")
+        # Hot: every node of the parent snapshot is decoded by every backup. Plain ints pass
+        # through (int() only when JSON gave something else, which then must convert).
+        get = d.get
+        name = d.get("name")
+        if type(name) is str:
+            name = name.encode("utf-8")
+        else:
+            name = _get_bytes(d, "name")
+            if name is None:
+                raise ValueError("node without a name")
         ntype = d["type"]
         if ntype not in NODE_TYPES:
             raise ValueError(f"unknown node type {ntype!r}")
         xattrs = []
-        for x in d.get("xattrs", []):
+        for x in get("xattrs", ()):
             k = _get_bytes(x, "name")
             if k is None:
                 raise ValueError("xattr without a name")
             xattrs.append((k, base64.b64decode(x["value_b64"], validate=True)))
-        sub = d.get("subtree")
-        extents = d.get("extents")
+        sub = get("subtree")
+        extents = get("extents")
+        rdev = get("rdev")
+        target = _get_bytes(d, "target")
         return cls(
-            name=name,
-            type=ntype,
-            mode=int(d.get("mode", 0)),
-            uid=int(d.get("uid", 0)),
-            gid=int(d.get("gid", 0)),
-            mtime_ns=int(d.get("mtime_ns", 0)),
-            atime_ns=int(d.get("atime_ns", 0)),
-            ctime_ns=int(d.get("ctime_ns", 0)),
-            inode=int(d.get("inode", 0)),
-            device=int(d.get("device", 0)),
-            links=int(d.get("links", 1)),
-            size=int(d.get("size", 0)),
-            xattrs=xattrs,
-            target=_get_bytes(d, "target"),
-            rdev=int(d["rdev"]) if "rdev" in d else None,
-            content=[bytes.fromhex(c) for c in d.get("content", [])],
-            extents=[(int(o), int(n)) for o, n in extents] if extents is not None else None,
-            chunking=str(d.get("chunking", "")),
-            subtree=bytes.fromhex(sub) if sub is not None else None,
+            name,
+            ntype,
+            _int(get("mode", 0)),
+            _int(get("uid", 0)),
+            _int(get("gid", 0)),
+            _int(get("mtime_ns", 0)),
+            _int(get("atime_ns", 0)),
+            _int(get("ctime_ns", 0)),
+            _int(get("inode", 0)),
+            _int(get("device", 0)),
+            _int(get("links", 1)),
+            _int(get("size", 0)),
+            xattrs,
+            target,
+            _int(rdev) if rdev is not None else None,
+            [bytes.fromhex(c) for c in get("content", ())],
+            [(int(o), int(n)) for o, n in extents] if extents is not None else None,
+            str(get("chunking", "")),
+            bytes.fromhex(sub) if sub is not None else None,
         )
 
     @property
