@@ -68,6 +68,7 @@ class _Proc:
     proc: subprocess.Popen[bytes]
     conn: Connection
     tasks: dict[int, _Task] = field(default_factory=dict)
+    seq: int = 0
     thread: threading.Thread | None = None
 
 
@@ -88,7 +89,6 @@ class ProcessStore:
         self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
-        self._seq = 0
         #: Notified whenever tasks finish.
         self.finished = threading.Condition()
         self._procs: list[_Proc] = []
@@ -105,10 +105,11 @@ class ProcessStore:
     def submit(self, path: bytes, size: int, previous_chunking: str | None, done: Done) -> _Task:
         """Queue a file; its ``result()`` says whether it was stored (``done`` ran with its content)."""
         task = _Task(self, path, size, previous_chunking, done)
-        if self._failed is not None:
-            task.ok = False
-        else:
-            self._queue.put(task)
+        with self.finished:  # against _fail: a task is either drained by it or never queued
+            if self._failed is not None:
+                task.ok = False
+            else:
+                self._queue.put(task)
         return task
 
     def close(self) -> None:
@@ -169,9 +170,9 @@ class ProcessStore:
                         continue
                     items = []
                     for task in batch:
-                        self._seq += 1
-                        p.tasks[self._seq] = task
-                        items.append((self._seq, task.path, task.previous_chunking))
+                        p.seq += 1
+                        p.tasks[p.seq] = task
+                        items.append((p.seq, task.path, task.previous_chunking))
                     conn.send(("files", items))
                 elif kind == "bye":
                     return
