@@ -89,41 +89,41 @@ class ExtentReader:
         self._i = 0
         self._pos = self._extents[0][0] if self._extents else 0
 
-    def readinto(self, buf: memoryview) -> int:
+    def _room(self, n: int) -> int:
+        """How much of ``n`` can be read at the current position (0: no data left); moves to
+        the next data region when the current one is done."""
         while self._i < len(self._extents):
             start, length = self._extents[self._i]
             end = start + length
-            if self._pos >= end:
-                self._i += 1
-                if self._i < len(self._extents):
-                    self._pos = self._extents[self._i][0]
-                continue
-            want = min(len(buf), end - self._pos)
-            n = os.preadv(self._fd, [buf[:want]], self._pos)
-            if n <= 0:  # the file shrank while we read it
-                self._i = len(self._extents)
-                return 0
-            self._pos += n
-            return n
+            if self._pos < end:
+                return min(n, end - self._pos)
+            self._i += 1
+            if self._i < len(self._extents):
+                self._pos = self._extents[self._i][0]
         return 0
+
+    def _advance(self, got: int) -> None:
+        if got <= 0:  # the file shrank while we read it
+            self._i = len(self._extents)
+        else:
+            self._pos += got
+
+    def readinto(self, buf: memoryview) -> int:
+        want = self._room(len(buf))
+        if not want:
+            return 0
+        n = os.preadv(self._fd, [buf[:want]], self._pos)
+        self._advance(n)
+        return max(n, 0)
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes from the current data region (fewer at its end)."""
-        while self._i < len(self._extents):
-            start, length = self._extents[self._i]
-            end = start + length
-            if self._pos >= end:
-                self._i += 1
-                if self._i < len(self._extents):
-                    self._pos = self._extents[self._i][0]
-                continue
-            data = os.pread(self._fd, min(n, end - self._pos), self._pos)
-            if not data:  # the file shrank while we read it
-                self._i = len(self._extents)
-                return b""
-            self._pos += len(data)
-            return data
-        return b""
+        want = self._room(n)
+        if not want:
+            return b""
+        data = os.pread(self._fd, want, self._pos)
+        self._advance(len(data))
+        return data
 
 
 class ChunkSource(Protocol):
