@@ -31,7 +31,6 @@ from cargohold import __version__
 from cargohold.errors import UsageError
 from cargohold.procinfo import current_user
 from cargohold.repo.chunker import Chunker, ChunkSource
-from cargohold.repo.crypto import Cipher
 from cargohold.repo.fileread import Compressibility, FileRead, open_noatime, read_file
 from cargohold.repo.format import BlobType
 from cargohold.repo.fsnode import node_from_stat
@@ -498,8 +497,7 @@ class Archiver:
             for bid, data in batch:
                 if self._error is not None:
                     break
-                stored = self.repo.encode(BlobType.DATA, bid, data, compress=comp.compress)
-                comp.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
+                stored = comp.encode(self.repo.cipher, bid, data, self.repo.config.compression_level)
                 encoded.append((bid, stored, len(data)))
             self.repo.add_encoded_many(BlobType.DATA, encoded)
             done = len(encoded)

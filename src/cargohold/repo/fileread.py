@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cargohold.repo.chunker import ChunkerParams, ChunkSource, ExtentReader, data_extents
+from cargohold.repo.crypto import Cipher
+from cargohold.repo.format import BlobType, encode_blob
 
 #: ``store(reader, method, data_size)`` -> (chunk ids, bytes read), or None when the backup is failing.
 StoreFn = Callable[[ChunkSource, str, int], "tuple[list[bytes], int] | None"]
@@ -51,6 +53,12 @@ class Compressibility:
         self.tried += 1
         if shrank:
             self.shrank += 1
+
+    def encode(self, cipher: Cipher, blob_id: bytes, data: bytes, level: int) -> bytes:
+        """The stored form of a data chunk of this file, compressed while that pays."""
+        stored = encode_blob(cipher, BlobType.DATA, blob_id, data, level=level, compress=self.compress)
+        self.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
+        return stored
 
 
 def open_noatime(path: bytes, *, directory: bool = False) -> int:

@@ -40,7 +40,7 @@ from cargohold.backends.local import LocalBackend, StagedObject
 from cargohold.repo.chunker import Chunker, ChunkerParams, ChunkSource
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.fileread import Compressibility, read_file
-from cargohold.repo.format import BlobType, encode_blob, pack_name
+from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
 from cargohold.repo.memory import tune_allocator
 from cargohold.repo.pack import PackStream
@@ -130,8 +130,7 @@ class Worker:
         for (bid, data, comp), want in zip(claimed, wanted, strict=True):
             if not want:
                 continue
-            stored = encode_blob(self.cipher, BlobType.DATA, bid, data, level=self.level, compress=comp.compress)
-            comp.record(len(stored) - Cipher.OVERHEAD - 1 < len(data))
+            stored = comp.encode(self.cipher, bid, data, self.level)
             if self.pack is None:
                 self._staged = self.backend.stage("data")
                 self.pack = PackStream(BlobType.DATA, self._staged)
