@@ -28,48 +28,14 @@ _TRAILER = struct.Struct("<I")
 MAX_HEADER = 64 * 1024 * 1024
 
 
-class PackBuilder:
-    """Accumulates encrypted blobs of one type until the pack is full."""
-
-    def __init__(self, btype: BlobType) -> None:
-        self.type = btype
-        self._parts: list[bytes] = []
-        self._size = 0
-        self.entries: list[BlobEntry] = []
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
-        self.entries.append(BlobEntry(blob_id, self.type, self._size, len(stored), raw_length))
-        self._parts.append(stored)
-        self._size += len(stored)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def finish(self, cipher: Cipher) -> tuple[bytes, bytes, PackRecord]:
-        """``(pack id, pack bytes, record)``; the builder must not be used afterwards.
-
-        The blobs are kept apart until here and joined once (growing one buffer blob by
-        blob copied a 16 MiB pack several times over).
-        """
-        parts, self._parts = self._parts, []
-        parts.append(_tail(cipher, self.type, self.entries))
-        data = b"".join(parts)
-        del parts
-        pack_id = hashlib.sha256(data).digest()
-        return pack_id, data, PackRecord(pack_id, self.type, list(self.entries))
-
-
 class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
 class PackStream:
-    """A pack written to ``sink`` blob by blob as it is filled (nothing is buffered) and
-    hashed on the way; the sink is then published under :func:`pack_name` of the id."""
+    """A pack written to ``sink`` blob by blob as it is filled and hashed on the way; the
+    sink is then published under :func:`pack_name` of the id. A worker process streams into
+    a staged file (:meth:`LocalBackend.stage`), so nothing is buffered."""
 
     def __init__(self, btype: BlobType, sink: Sink) -> None:
         self.type = btype
@@ -84,6 +50,9 @@ class PackStream:
         self.entries.append(BlobEntry(blob_id, self.type, self.size, len(stored), raw_length))
         self.size += len(stored)
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
     def finish(self, cipher: Cipher) -> tuple[bytes, PackRecord]:
         """Write the header and trailer; ``(pack id, record)``."""
         tail = _tail(cipher, self.type, self.entries)
@@ -91,6 +60,40 @@ class PackStream:
         self._sha.update(tail)
         pack_id = self._sha.digest()
         return pack_id, PackRecord(pack_id, self.type, list(self.entries))
+
+
+class _Parts(list[bytes]):
+    def write(self, data: bytes) -> None:
+        self.append(data)
+
+
+class PackBuilder:
+    """A pack kept in memory until it is full (for backends written with one ``store``)."""
+
+    def __init__(self, btype: BlobType) -> None:
+        self.type = btype
+        self._parts = _Parts()
+        self._stream = PackStream(btype, self._parts)
+        self.entries = self._stream.entries
+
+    def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
+        self._stream.add(blob_id, stored, raw_length)
+
+    @property
+    def size(self) -> int:
+        return self._stream.size
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def finish(self, cipher: Cipher) -> tuple[bytes, bytes, PackRecord]:
+        """``(pack id, pack bytes, record)``; the builder must not be used afterwards. The
+        blobs are joined once here (growing one buffer blob by blob copied a 16 MiB pack
+        several times over)."""
+        pack_id, rec = self._stream.finish(cipher)
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return pack_id, data, rec
 
 
 def _tail(cipher: Cipher, btype: BlobType, entries: list[BlobEntry]) -> bytes:
