@@ -128,6 +128,8 @@ class Repository:
         self.index = MasterIndex()
         self.load_report = LoadReport()
         self.index_ids: set[str] = set()
+        #: Index files read by the last full :meth:`load_index` or added since (None: none yet).
+        self._index_names: set[str] | None = None
         self._lock = threading.Lock()
         self._inflight: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {t: PackBuilder(t) for t in BlobType}
@@ -378,7 +380,13 @@ class Repository:
         stored = encode_object(self.cipher, plain, AD_INDEX)
         name = sha256_hex(stored)
         self.store_object(f"index/{name}", stored)
-        self.index_ids.add(name)
+        with self._lock:
+            self.index_ids.add(name)
+            if self._index_names is not None:
+                if supersedes:  # the in-memory index still has what it replaces: read all again
+                    self._index_names = None
+                else:  # its packs are in the in-memory index already
+                    self._index_names.add(name)
         return name
 
     def store_object(self, name: str, data: bytes) -> None:
@@ -448,7 +456,13 @@ class Repository:
 
         An index file that disappears between listing and reading was superseded by a prune
         that has written its replacement first: list again and read the new files.
+
+        Called again on the same repository (a command that restores, then verifies), it
+        reads only index files that appeared since; it reads everything again when one
+        vanished, one was damaged, or a new one supersedes others.
         """
+        if self._load_new_index_files():
+            return
         loaded: dict[str, tuple[list[PackRecord], list[bytes]]] = {}
         report = LoadReport()
         for _attempt in range(10):
@@ -486,6 +500,32 @@ class Repository:
             self.index = index
             self.index_ids = set(results) - superseded
             self.load_report = report
+            self._index_names = set(results)
+
+    def _load_new_index_files(self) -> bool:
+        """Add the index files written since the last full :meth:`load_index`; False when
+        that cannot be done incrementally (nothing loaded yet, files gone, damage, supersedes)."""
+        known = self._index_names
+        if known is None or self.load_report.damaged_index:
+            return False
+        names = set(self.list_index_files())
+        if not known <= names:
+            return False
+        new: dict[str, tuple[list[PackRecord], list[bytes]]] = {}
+        for name in sorted(names - known):
+            try:
+                new[name] = self.read_index_file(name)
+            except (IntegrityError, BackendError):
+                return False
+            if new[name][1]:
+                return False
+        with self._lock:
+            for packs, _ in new.values():
+                for pack in packs:
+                    self.index.add_pack(pack)
+            self.index_ids |= set(new)
+            self._index_names = known | set(new)
+        return True
 
     # --- snapshots ------------------------------------------------------------------
 
