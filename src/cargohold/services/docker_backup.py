@@ -46,7 +46,7 @@ from cargohold.services.docker_sources import SourceKind, StateSource, Via, choo
 from cargohold.services.dumps import DumpFile, dump
 from cargohold.services.intents import IntentJournal
 from cargohold.services.quiesce import Participant, Quiescer, Window
-from cargohold.services.repository import locks_of, newest_by_source
+from cargohold.services.repository import locks_of, parents_then_index
 
 #: Where the volume (or bind source) is mounted in a helper container.
 HELPER_MOUNT = "/volume"
@@ -183,8 +183,7 @@ class DockerBackup:
         report = RunReport(run_id=uuid.uuid4().hex[:16])
         sweep_leftovers(self.docker)  # what an earlier, killed run left on this engine
         with locks_of(self.repo).shared(f"backup run {report.run_id}"):
-            self.repo.load_index()  # after taking the lock: prune relies on this order
-            parents = newest_by_source(self.repo)
+            parents = parents_then_index(self.repo)
             for source in sources:
                 report.results.append(self._one(source, report.run_id, parents))
         return report

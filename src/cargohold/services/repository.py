@@ -158,8 +158,14 @@ def newest_by_source(repo: Repository) -> dict[tuple[str, str], Snapshot]:
     return newest
 
 
-def _parent_for(repo: Repository, source: Source) -> Snapshot | None:
-    return newest_by_source(repo).get((source.kind, source.name))
+def parents_then_index(repo: Repository) -> dict[tuple[str, str], Snapshot]:
+    """:func:`newest_by_source`, then the index: a snapshot is written after its index file,
+    so the index read second has the parents' trees (read the other way round, a backup
+    committed in between would be a parent whose trees are not in the index). Call it with
+    the repository lock held: prune relies on the index being read after the lock."""
+    parents = newest_by_source(repo)
+    repo.load_index()
+    return parents
 
 
 def backup(
@@ -175,10 +181,7 @@ def backup(
     """Back up a directory; the parent is the newest snapshot of the same source."""
     src = source or Source("path", os.path.abspath(os.fspath(path)))
     with locks_of(repo).shared(f"backup {src.name}"):
-        # The parent before the index: a snapshot is written after its index file, so the
-        # index read next has its trees. The index after the lock: prune relies on it.
-        parent = _parent_for(repo, src)
-        repo.load_index()
+        parent = parents_then_index(repo).get((src.kind, src.name))
         opts = BackupOptions(
             source=src,
             tags=list(tags),
