@@ -128,3 +128,15 @@ def test_anchored_lists_are_not_changed_for_other_services(tmp_path: Path) -> No
     project = svc.load([path], environ={})
     assert [v.target for v in project.services["web"].volumes] == ["/a"]
     assert [v.target for v in project.services["db"].volumes] == ["/a", "/var/lib/postgresql/data"]
+
+
+def test_two_paths_of_one_service_get_two_volumes(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yaml"
+    path.write_text(
+        "name: app\nservices:\n  app:\n    image: nginx:1.27\n    volumes:\n      - /srv/a/data\n      - /srv/b/data\n"
+    )
+    [patch] = svc.fix_files([path], environ={})
+    svc.write_patches([patch])
+    project = svc.load([path], environ={})
+    sources = [v.source for v in project.services["app"].volumes]
+    assert len(sources) == 2 and len(set(sources)) == 2, sources

@@ -228,6 +228,7 @@ def plan_fixes(project: ComposeProject, findings: Iterable[Finding]) -> list[Fil
         return docs[path]
 
     done: set[tuple[str, str]] = set()
+    taken = set(project.volumes)  # volume keys in use, including those this run adds
     for f in findings:
         if f.rule not in FIXABLE or not f.service or f.container:
             continue
@@ -256,12 +257,12 @@ def plan_fixes(project: ComposeProject, findings: Iterable[Finding]) -> list[Fil
         done.add((f.service, f.path))
         w = Workload(name=f.service, image=service.image, mounts=(), kind="service", service=f.service)
         key = volume_key_for(w, f.path)
-        taken = set(project.volumes)
         n = 2
         base = key
         while key in taken:
             key = f"{base}-{n}"
             n += 1
+        taken.add(key)  # two paths of one service must not share a new volume
         _add_volume(doc, svc, f.service, key, posixpath.normpath(f.path))
     patches = []
     for path, doc in docs.items():
