@@ -186,7 +186,9 @@ class TarArchiver(Archiver):
             self._blob_pool.shutdown(wait=True)
         if self._error is not None:
             raise self._error
-        parent_tree = self.repo.load_tree(parent.tree) if parent is not None else None
+        # The parent's trees only tell whether anything changed, which only skip_if_unchanged asks.
+        compare = parent is not None and self.opts.skip_if_unchanged
+        parent_tree = self.repo.load_tree(parent.tree) if compare and parent is not None else None
         tree_id = self._save(dirs, "", parent_tree)
         return dirs[""].node, tree_id
 
@@ -298,7 +300,7 @@ class TarArchiver(Archiver):
             node = dirs[sub].node
             prev = previous.get(node.name)
             sub_parent = None
-            if prev is not None and prev.type == DIR and prev.subtree is not None:
+            if not self._changed and prev is not None and prev.type == DIR and prev.subtree is not None:
                 sub_parent = self.repo.load_tree(prev.subtree)
             node.subtree = self._save(dirs, sub, sub_parent)
             entry.children[node.name] = node
