@@ -43,15 +43,13 @@ from cargohold.repo.snapshot import Snapshot, Source
 from cargohold.repo.tar_archiver import TarArchiver
 from cargohold.repo.tar_writer import directory_tar
 from cargohold.services.docker_sources import SourceKind, StateSource, Via, choose_via, container_meta
-from cargohold.services.dumps import DumpFile, dump
+from cargohold.services.dumps import DUMPS_TREE, DumpFile, dump
 from cargohold.services.intents import IntentJournal
 from cargohold.services.quiesce import Participant, Quiescer, Window
 from cargohold.services.repository import locks_of, parents_then_index
 
 #: Where the volume (or bind source) is mounted in a helper container.
 HELPER_MOUNT = "/volume"
-#: Role of the tree of application dumps in :attr:`Snapshot.extra_trees`.
-DUMPS_TREE = "dumps"
 
 
 @dataclass

@@ -62,9 +62,8 @@ from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tar_writer import Content, file_body
 from cargohold.repo.tree import FILE, Node
 from cargohold.repo.verifications import DumpCheck
+from cargohold.services.dumps import DUMPS_TREE
 
-#: Role of the dumps tree in :attr:`Snapshot.extra_trees` (as written by docker_backup).
-DUMPS_TREE = "dumps"
 #: Where a dump file is put inside the loader container.
 DUMP_DIR = "/tmp"
 #: Seconds a loader's server may take to initialise the volume and answer.

@@ -30,6 +30,9 @@ from cargohold.errors import ConsistencyError, DockerError
 from cargohold.model.consistency import DumpKind
 from cargohold.model.engine import ContainerInfo
 
+#: Role of the tree of application dumps in :attr:`Snapshot.extra_trees` (written by
+#: docker_backup, read by dump_restore).
+DUMPS_TREE = "dumps"
 SQLITE_HEADER = b"SQLite format 3\x00"
 REDIS_BGSAVE_TIMEOUT = 600.0
 
