@@ -152,3 +152,35 @@ def test_small_backups_and_unshareable_backends_stay_in_process(tmp_path: Path) 
     mem = Repository.init(MemoryBackend(), "pw", kdf=KdfParams.FAST)
     assert mem.worker_setup() is None
     assert Archiver(mem, BackupOptions(processes_after=0)).run(src).snapshot is not None
+
+
+def test_after_a_failed_backup_the_same_repository_object_stores_what_was_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs a failed worker claimed are given back: a second backup through the same open
+    repository stores them instead of taking them for stored; no staged pack is left."""
+    src = tmp_path / "src"
+    _source(src, random.Random(11))
+    repo = _repo(tmp_path / "repo")
+    real_add = Repository.add_written_pack
+    calls = []
+
+    def fail_on_the_first_pack(self: Repository, rec: object) -> None:
+        calls.append(rec)
+        if len(calls) == 1:
+            raise RepositoryError("injected: the first pack report fails")
+        real_add(self, rec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Repository, "add_written_pack", fail_on_the_first_pack)
+    with pytest.raises(RepositoryError, match="injected"):
+        Archiver(repo, BackupOptions(processes_after=0)).run(src)
+    monkeypatch.undo()
+    assert not list((tmp_path / "repo" / "data").glob(".staged*")), "a staged pack was left behind"
+
+    res = Archiver(repo, BackupOptions(processes_after=0)).run(src)
+    assert res.snapshot is not None
+    fresh = _reopen(tmp_path / "repo")
+    assert svc.check(fresh, read_data=True).ok
+    out = tmp_path / "out"
+    Restorer(fresh, RestoreOptions()).run(res.snapshot, out)
+    assert describe(out) == describe(src)

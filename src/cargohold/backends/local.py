@@ -129,7 +129,8 @@ class LocalBackend:
         directory = self.root / check_name(folder)
         try:
             self._ensure_dir(directory)
-            tmp = directory / f".staged{_TMP_MARK}{secrets.token_hex(6)}"
+            # the pid lets the process that started a killed writer remove what it left
+            tmp = directory / f".staged{_TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as err:
             raise _write_error(err, folder, self.url) from err

@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from cargohold import __version__
 from cargohold.errors import UsageError
@@ -152,6 +152,7 @@ class Archiver:
         self._threaded_bytes = 0
         #: Whether a worker process can open the repository (asked once).
         self._shareable: bool | None = None
+        self._setup: dict[str, Any] | None = None
 
     # --- public ---------------------------------------------------------------------
 
@@ -393,9 +394,10 @@ class Archiver:
         after = self.opts.processes_after
         if self._procs is None and after is not None and self._threaded_bytes + node.size > after:
             if self._shareable is None:
-                self._shareable = self.repo.worker_setup() is not None
+                self._setup = self.repo.worker_setup()
+                self._shareable = self._setup is not None
             if self._shareable:
-                self._procs = ProcessStore(self.repo, self.opts.workers, self.opts.progress, self._fail)
+                self._procs = ProcessStore(self.repo, self.opts.workers, self.opts.progress, self._fail, self._setup)
         if self._procs is not None:
             return self._procs.submit(path, node.size, previous, lambda r: self._apply(node, r))
         self._threaded_bytes += node.size
@@ -411,7 +413,8 @@ class Archiver:
             return
         try:
             procs.close()
-        except BaseException as err:
+        except BaseException as err:  # a worker failed, or we were interrupted while waiting
+            procs.abort()
             self._fail(err)
 
     def _fail(self, err: BaseException) -> None:

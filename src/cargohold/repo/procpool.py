@@ -15,6 +15,7 @@ written.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import queue
 import socket
@@ -69,6 +70,8 @@ class _Proc:
     conn: Connection
     tasks: dict[int, _Task] = field(default_factory=dict)
     seq: int = 0
+    #: Blobs the parent told this worker to store that no reported pack holds yet.
+    claimed: set[bytes] = field(default_factory=set)
     thread: threading.Thread | None = None
 
 
@@ -79,11 +82,19 @@ class WorkerFailed(RepositoryError):
 class ProcessStore:
     """Stores files through ``n`` worker processes; see the module docstring."""
 
-    def __init__(self, repo: Repository, n: int, progress: Progress, on_error: Callable[[BaseException], None]) -> None:
-        setup = repo.worker_setup()
+    def __init__(
+        self,
+        repo: Repository,
+        n: int,
+        progress: Progress,
+        on_error: Callable[[BaseException], None],
+        setup: dict[str, Any] | None = None,
+    ) -> None:
+        setup = setup if setup is not None else repo.worker_setup()
         if setup is None:
             raise ValueError("this repository's backend cannot be opened by a worker process")
         self.repo = repo
+        self._root = str(setup["root"])
         self.progress = progress
         self._on_error = on_error
         self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
@@ -125,6 +136,7 @@ class ProcessStore:
                 p.proc.kill()
                 p.proc.wait()
             p.conn.close()
+            self._forget(p)
         if self._failed is not None:
             raise self._failed
 
@@ -136,10 +148,22 @@ class ProcessStore:
             self._queue.put(None)  # wakes a thread waiting for work to hand out
         for p in self._procs:
             p.proc.wait()
+            if p.thread is not None and p.thread is not threading.current_thread():
+                p.thread.join()  # before closing the socket it may still be reading
             with contextlib.suppress(OSError):
                 p.conn.close()
-            if p.thread is not None and p.thread is not threading.current_thread():
-                p.thread.join()
+            self._forget(p)
+
+    def _forget(self, p: _Proc) -> None:
+        """After a worker is gone: give back the blobs it claimed but never reported in a
+        pack (or a later backup on this repository would take them for stored), and remove
+        the pack it was writing (a killed worker cannot)."""
+        if p.claimed:
+            self.repo.release_many(p.claimed)
+            p.claimed.clear()
+        for leftover in glob.glob(os.path.join(glob.escape(self._root), "data", f".staged~tmp~{p.proc.pid}-*")):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
 
     # --- one thread per worker ------------------------------------------------------
 
@@ -152,15 +176,23 @@ class ProcessStore:
                 kind = msg[0]
                 if kind == "claim":
                     ids: bytes = msg[1]
-                    conn.send_bytes(repo.reserve_many([ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]))
+                    wanted = [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
+                    answer = repo.reserve_many(wanted)
+                    p.claimed.update(bid for bid, want in zip(wanted, answer, strict=True) if want)
+                    conn.send_bytes(answer)
                     self.progress.advance(msg[2])
                 elif kind == "pack":
                     repo.add_written_pack(msg[1])
+                    p.claimed.difference_update(b.id for b in msg[1].blobs)
                 elif kind == "files":
                     with self.finished:
                         for seq, result in msg[1]:
                             task = p.tasks.pop(seq)
-                            task.ok = task.done(result)
+                            try:
+                                task.ok = task.done(result)
+                            except BaseException:
+                                task.ok = False  # never left waiting
+                                raise
                         self.finished.notify_all()
                     self.progress.advance(0, len(msg[1]))
                 elif kind == "next":
@@ -209,6 +241,8 @@ class ProcessStore:
                 self._failed = err
         with contextlib.suppress(OSError):
             p.proc.kill()
+        p.proc.wait()
+        self._forget(p)
         if first:
             self._on_error(err)
         stops = 0
@@ -245,6 +279,9 @@ def _spawn(setup: dict[str, Any]) -> _Proc:
             stderr=subprocess.DEVNULL,
             env=env,
         )
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
     conn = Connection(ours.detach())

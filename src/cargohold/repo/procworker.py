@@ -149,7 +149,11 @@ class Worker:
         except BaseException:
             staged.abort()
             raise
-        self._wait_pack()
+        try:
+            self._wait_pack()
+        except BaseException:
+            staged.abort()
+            raise
         self._pending = self._writer.submit(self._commit, staged, pack_id, rec)
 
     def _wait_pack(self) -> None:
@@ -197,8 +201,9 @@ def main(argv: list[str]) -> int:
         kind = type(err).__name__
         message = getattr(err, "message", None) or str(err) or kind
         hint = getattr(err, "hint", None)
-        with contextlib.suppress(OSError):
-            conn.send(("fatal", kind, message, hint, traceback.format_exc()))
+        fatal = ("fatal", kind, message, hint, traceback.format_exc())
+        with contextlib.suppress(OSError):  # through the lock: the pack writer may be sending
+            worker.send(fatal) if worker is not None else conn.send(fatal)
         return 1
     finally:
         if worker is not None:

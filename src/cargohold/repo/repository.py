@@ -15,7 +15,7 @@ import json
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -222,8 +222,12 @@ class Repository:
 
     def release(self, bid: bytes) -> None:
         """Give up a reservation (the blob was not stored)."""
+        self.release_many((bid,))
+
+    def release_many(self, bids: Iterable[bytes]) -> None:
+        """Give up reservations (the blobs were not stored)."""
         with self._lock:
-            self._inflight.discard(bid)
+            self._inflight.difference_update(bids)
 
     def encode(self, btype: BlobType, bid: bytes, data: bytes | memoryview, *, compress: bool = True) -> bytes:
         level = self.config.compression_level
@@ -323,8 +327,12 @@ class Repository:
                 writer.shutdown(wait=True)
 
     def _write_pack(self, builder: PackBuilder) -> None:
-        pack_id, data, rec = builder.finish(self.cipher)
-        self.store_object(pack_name(pack_id), data)
+        try:
+            pack_id, data, rec = builder.finish(self.cipher)
+            self.store_object(pack_name(pack_id), data)
+        except BaseException:  # not stored: a later backup on this repository must store them
+            self.release_many(e.id for e in builder.entries)
+            raise
         self._indexed_pack(rec)
 
     def _indexed_pack(self, rec: PackRecord) -> None:
