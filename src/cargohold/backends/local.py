@@ -164,6 +164,15 @@ class LocalBackend:
         path = self._path(name)
         try:
             tmp = self._write_temp(path, data)
+        except OSError as err:
+            raise _write_error(err, name, self.url) from err
+        self._publish(tmp, name)
+
+    def _publish(self, tmp: Path, name: str) -> None:
+        """Rename the fsync'd temporary file ``tmp`` to the object ``name`` (whose folder
+        exists) and fsync the folder."""
+        path = self._path(name)
+        try:
             try:
                 os.replace(tmp, path)
             except BaseException:
@@ -295,19 +304,17 @@ class StagedObject:
         """fsync the file, rename it to ``name`` and fsync the folder."""
         assert self._fd is not None, "the staged object is closed"
         fd, self._fd = self._fd, None
-        path = self._backend._path(name)
         try:
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._backend._ensure_dir(path.parent)
-            os.replace(self._tmp, path)
-            _fsync_dir(path.parent)
+            self._backend._ensure_dir(self._backend._path(name).parent)
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
             raise _write_error(err, name, self._backend.url) from err
+        self._backend._publish(self._tmp, name)
 
     def abort(self) -> None:
         """Drop what was written (idempotent)."""
