@@ -83,9 +83,10 @@ class Checker:
         # Packs no readable index lists (leftovers of interrupted backups, or the packs of a
         # damaged or missing index file): trace blobs through their own headers, so lost index
         # files are named as such and not mistaken for lost data.
-        self._unlisted = {r.id for r in self.repo.index_unindexed_packs()}
+        present = dict(self.repo.list_packs())  # one listing of data/ for both uses
+        self._unlisted = {r.id for r in self.repo.index_unindexed_packs(present)}
         packs = self._pack_records()
-        self._check_packs_exist(packs)
+        self._check_packs_exist(packs, present)
         if read_data or subset is not None:
             chosen = list(packs.values())
             if subset is not None and not read_data:
@@ -137,8 +138,7 @@ class Checker:
         for b in rec.blobs:
             self._bad_blobs.setdefault(b.id, why)
 
-    def _check_packs_exist(self, packs: dict[bytes, PackRecord]) -> None:
-        present = dict(self.repo.list_packs())
+    def _check_packs_exist(self, packs: dict[bytes, PackRecord], present: dict[bytes, int]) -> None:
         self.report.packs = len(present)
         for pid, rec in sorted(packs.items()):
             size = present.get(pid)

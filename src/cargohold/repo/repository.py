@@ -612,14 +612,15 @@ class Repository:
             raise IntegrityError(f"{name} is missing") from None
         return parse_header(self.cipher, pid, sealed, size - TRAILER_SIZE - n, what=name)
 
-    def index_unindexed_packs(self) -> list[PackRecord]:
+    def index_unindexed_packs(self, present: dict[bytes, int] | None = None) -> list[PackRecord]:
         """Add the packs no readable index lists to the in-memory index, from their headers.
 
         Lets restore and check use the data of packs whose index file is damaged or was
-        never written; unreadable headers are skipped (check reports them).
+        never written; unreadable headers are skipped (check reports them). ``present``: the
+        packs and sizes of :meth:`list_packs`, when the caller listed them already.
         """
         found: list[PackRecord] = []
-        for pid, size in self.list_packs():
+        for pid, size in (present.items() if present is not None else self.list_packs()):
             if self.index.has_pack(pid):
                 continue
             try:
