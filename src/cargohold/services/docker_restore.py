@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,18 +36,25 @@ from cargohold.errors import (
     VolumeNotFound,
 )
 from cargohold.model.consistency import Decision, DumpKind, Mode
-from cargohold.model.engine import MountType, VolumeInfo
+from cargohold.model.engine import VolumeInfo
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tar_writer import TarStats, snapshot_tar
 from cargohold.services.docker_backup import HELPER_MOUNT, BackupRequest, DockerBackup
-from cargohold.services.docker_sources import SourceKind, StateSource, User, Via, choose_via
+from cargohold.services.docker_sources import (
+    ACTIVE_STATES,
+    SourceKind,
+    StateSource,
+    User,
+    Via,
+    choose_via,
+    volume_users,
+)
 from cargohold.services.dump_restore import DumpPlan, LoadOutcome, load_server_dump, replace_sqlite
 from cargohold.services.dump_restore import plan as plan_dump
 from cargohold.services.intents import IntentJournal
-from cargohold.services.inventory import inspect_containers
 from cargohold.services.quiesce import Participant, Quiescer
 from cargohold.services.repository import locks_of
 from cargohold.streams import open_stream
@@ -118,7 +126,7 @@ def volume_is_empty(docker: DockerPort, volume: VolumeInfo, direct: str | None) 
         return all(member.name in (".", "./") for member in tar)
 
 
-def _clear(docker: DockerPort, volume: VolumeInfo, direct: str | None, users: list[User]) -> VolumeInfo:
+def _clear(docker: DockerPort, volume: VolumeInfo, direct: str | None, users: Sequence[User]) -> VolumeInfo:
     """Remove everything inside the volume; return the volume (recreated, when it was)."""
     if direct is not None:
         for entry in os.scandir(direct):
@@ -179,20 +187,8 @@ def restore_volume(
     except VolumeNotFound:
         volume = _create_volume(docker, req.to, meta)
         created = True
-    # Only the containers that mount the volume need a full inspect (the list shows mounts).
-    mounting = [
-        c
-        for c in docker.list_containers(all=True)
-        if any(m.type is MountType.VOLUME and m.name == volume.name for m in c.mounts)
-    ]
-    everyone = inspect_containers(docker, mounting)
-    users = [
-        User(c, m.destination, m.read_only)
-        for c in everyone
-        for m in c.mounts
-        if m.type is MountType.VOLUME and m.name == volume.name
-    ]
-    running = [u for u in users if u.container.state in ("running", "paused", "restarting")]
+    users = volume_users(docker, volume.name)
+    running = [u for u in users if u.container.state in ACTIVE_STATES]
     if running and not req.restart_containers:
         names = ", ".join(sorted({u.container.name for u in running}))
         raise DockerConflict(

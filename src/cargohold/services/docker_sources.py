@@ -70,6 +70,26 @@ def _users_of(kind: SourceKind, name: str, containers: Iterable[ContainerInfo]) 
     return tuple(sorted(out, key=lambda u: (u.container.name, u.mount_path)))
 
 
+#: States in which a container is using its volumes.
+ACTIVE_STATES = ("running", "paused", "restarting")
+
+
+def volume_users(docker: DockerPort, name: str) -> tuple[User, ...]:
+    """The containers that mount the volume ``name``; only those are inspected in full
+    (the container list already shows every container's mounts)."""
+    mounting = [
+        c
+        for c in docker.list_containers(all=True)
+        if any(m.type is MountType.VOLUME and m.name == name for m in c.mounts)
+    ]
+    return _users_of(SourceKind.VOLUME, name, inspect_containers(docker, mounting))
+
+
+def running_names(users: Iterable[User]) -> list[str]:
+    """The names of the active containers among ``users``."""
+    return sorted({u.container.name for u in users if u.container.state in ACTIVE_STATES})
+
+
 def resolve(
     docker: DockerPort,
     *,
@@ -92,9 +112,11 @@ def resolve(
     for ref in containers:
         found = by_name.get(ref) or next((c for c in everything if c.id.startswith(ref)), None)
         chosen.append(found if found is not None else docker.inspect_container(ref))
+    listed: list[VolumeInfo] | None = None  # the engine's volumes, listed once when needed
     if project is not None:
         members = [c for c in everything if c.labels.get(COMPOSE_PROJECT) == project]
-        project_volumes = [v for v in docker.list_volumes() if v.labels.get(COMPOSE_PROJECT) == project]
+        listed = docker.list_volumes()
+        project_volumes = [v for v in listed if v.labels.get(COMPOSE_PROJECT) == project]
         if not members and not project_volumes:
             raise UsageError(
                 f"no container or volume of compose project {project!r} on this engine",
@@ -110,9 +132,11 @@ def resolve(
             elif m.type is MountType.BIND and m.source and not is_plumbing(m.source):
                 wanted.setdefault((SourceKind.BIND, m.source), None)
     if all_volumes:
-        sizes = docker.volume_sizes()
         used = {m.name for c in everything for m in c.mounts if m.type is MountType.VOLUME}
-        for v in docker.list_volumes():
+        listed = listed if listed is not None else docker.list_volumes()
+        # sizes (`docker system df`, slow on big hosts) only matter for volumes nothing uses
+        sizes = docker.volume_sizes() if any(v.name not in used for v in listed) else {}
+        for v in listed:
             # volumes in use, and dangling ones that hold data (what `volume prune` would destroy)
             if v.name in used or sizes.get(v.name, 1) > 0:
                 wanted.setdefault((SourceKind.VOLUME, v.name), v)

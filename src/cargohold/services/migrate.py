@@ -53,7 +53,16 @@ from cargohold.services.docker_restore import (
     restore_volume,
     volume_is_empty,
 )
-from cargohold.services.docker_sources import SourceKind, StateSource, Via, choose_via, container_meta, resolve
+from cargohold.services.docker_sources import (
+    SourceKind,
+    StateSource,
+    Via,
+    choose_via,
+    container_meta,
+    resolve,
+    running_names,
+    volume_users,
+)
 from cargohold.services.intents import IntentJournal
 from cargohold.services.repository import locks_of
 from cargohold.services.volume_sync import (
@@ -62,9 +71,7 @@ from cargohold.services.volume_sync import (
     SyncState,
     create_like,
     preflight,
-    running_names,
     sync_volume,
-    volume_users,
 )
 
 #: Snapshots a forced restore takes of what it replaces: never a project's backup run.

@@ -59,7 +59,7 @@ from cargohold.errors import (
     UsageError,
     VolumeNotFound,
 )
-from cargohold.model.engine import EngineInfo, MountType, VolumeInfo
+from cargohold.model.engine import EngineInfo, VolumeInfo
 from cargohold.repo.fsnode import apply_metadata
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
@@ -75,9 +75,16 @@ from cargohold.services.docker_restore import (
     restore_volume,
     volume_is_empty,
 )
-from cargohold.services.docker_sources import SourceKind, StateSource, User, Via, choose_via
+from cargohold.services.docker_sources import (
+    SourceKind,
+    StateSource,
+    User,
+    Via,
+    choose_via,
+    running_names,
+    volume_users,
+)
 from cargohold.services.intents import IntentJournal, state_dir
-from cargohold.services.inventory import inspect_containers
 from cargohold.services.repository import locks_of
 from cargohold.services.verify import Comparison, Hasher, compare, expected_nodes, observe_dir, observe_tar
 from cargohold.streams import open_stream
@@ -608,19 +615,6 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
     safety_snapshot: str | None = None
     seconds: float = 0.0
-
-
-def volume_users(docker: DockerPort, volume: str) -> list[User]:
-    return [
-        User(c, m.destination, m.read_only)
-        for c in inspect_containers(docker)
-        for m in c.mounts
-        if m.type is MountType.VOLUME and m.name == volume
-    ]
-
-
-def running_names(users: Sequence[User]) -> list[str]:
-    return sorted({u.container.name for u in users if u.container.state in ("running", "paused", "restarting")})
 
 
 def _valid_record(
