@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +51,7 @@ from cargohold.repo.format import (
 from cargohold.repo.index import MasterIndex, PackRecord, decode_index, encode_index
 from cargohold.repo.pack import TRAILER_SIZE, PackBuilder, header_length, parse_header
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tree import Tree
+from cargohold.repo.tree import Node, Tree
 
 CONFIG_NAME = "config"
 
@@ -203,11 +204,7 @@ class Repository:
 
     def reserve(self, bid: bytes) -> bool:
         """True when the caller must store this blob (not known, not being stored)."""
-        with self._lock:
-            if bid in self._inflight or bid in self.index:
-                return False
-            self._inflight.add(bid)
-            return True
+        return self.reserve_many([bid]) == b"\x01"
 
     def reserve_many(self, bids: list[bytes]) -> bytes:
         """:meth:`reserve` for many ids under one lock: a byte per id, 1 where it must be stored."""
@@ -235,22 +232,11 @@ class Repository:
 
     def add_encoded(self, btype: BlobType, bid: bytes, stored: bytes, raw_length: int) -> None:
         """Put an encoded blob into the open pack of its type; write the pack when full."""
-        full: PackBuilder | None = None
-        with self._lock:
-            b = self._builders[btype]
-            b.add(bid, stored, raw_length)
-            self.added_bytes += len(stored)
-            self.added_raw_bytes += raw_length
-            self.added_blobs += 1
-            if b.size >= self.config.pack_size:
-                full = b
-                self._builders[btype] = PackBuilder(btype)
-        if full is not None:
-            self._queue_pack(full)
+        self.add_encoded_many(btype, [(bid, stored, raw_length)])
 
     def add_encoded_many(self, btype: BlobType, blobs: list[tuple[bytes, bytes, int]]) -> None:
-        """:meth:`add_encoded` for ``(id, stored, raw length)`` items, taking the lock once
-        per pack instead of once per blob."""
+        """Put encoded ``(id, stored, raw length)`` blobs into the open pack of their type,
+        writing each pack when it is full; the lock is taken once per pack, not per blob."""
         i = 0
         while i < len(blobs):
             full: PackBuilder | None = None
@@ -436,6 +422,18 @@ class Repository:
             while len(self._tree_cache) > 512:
                 self._tree_cache.popitem(last=False)
         return t
+
+    def node_at(self, tree_id: bytes | None, path: str | Sequence[bytes]) -> Node | None:
+        """The entry at ``path`` ("a/b/c", or its parts as bytes) below the tree ``tree_id``;
+        None when a part is missing or is not a directory on the way."""
+        parts = [os.fsencode(p) for p in path.split("/")] if isinstance(path, str) else path
+        node: Node | None = None
+        for part in parts:
+            node = self.load_tree(tree_id).find(part) if tree_id is not None else None
+            if node is None:
+                return None
+            tree_id = node.subtree
+        return node
 
     def save_tree(self, tree: Tree) -> bytes:
         return self.save_blob(BlobType.TREE, tree.encode())

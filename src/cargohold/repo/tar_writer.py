@@ -153,12 +153,8 @@ def snapshot_tar(
 
 
 def _check_include(repo: Repository, snapshot: Snapshot, wanted: tuple[bytes, ...], include: str) -> None:
-    tree_id: bytes | None = snapshot.tree
-    for i, part in enumerate(wanted):
-        node = repo.load_tree(tree_id).find(part) if tree_id is not None else None
-        if node is None or (i < len(wanted) - 1 and node.type != DIR):
-            raise UsageError(f"--path {include}: no such path in snapshot {snapshot.short_id}")
-        tree_id = node.subtree
+    if repo.node_at(snapshot.tree, wanted) is None:
+        raise UsageError(f"--path {include}: no such path in snapshot {snapshot.short_id}")
 
 
 def walk_tree(

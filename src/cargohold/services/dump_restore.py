@@ -240,14 +240,9 @@ def plan(docker: DockerPort, snapshot: Snapshot, container: str | None) -> DumpP
 
 
 def dump_node(repo: Repository, snapshot: Snapshot, path: str) -> Node:
-    tree_id = snapshot.extra_trees.get(DUMPS_TREE)
-    node: Node | None = None
-    for part in path.split("/"):
-        node = repo.load_tree(tree_id).find(os.fsencode(part)) if tree_id is not None else None
-        if node is None:
-            raise IntegrityError(f"snapshot {snapshot.short_id} lists dump {path} but its dumps tree lacks it")
-        tree_id = node.subtree
-    assert node is not None
+    node = repo.node_at(snapshot.extra_trees.get(DUMPS_TREE), path)
+    if node is None:
+        raise IntegrityError(f"snapshot {snapshot.short_id} lists dump {path} but its dumps tree lacks it")
     if node.type != FILE:
         raise IntegrityError(f"dump {path} of snapshot {snapshot.short_id} is not a file")
     return node
@@ -712,17 +707,6 @@ def sqlite_check(path: str) -> str:
     return f"integrity_check ok, {tables} tables"
 
 
-def _tree_node(repo: Repository, tree_id: bytes, path: str) -> Node | None:
-    node: Node | None = None
-    current: bytes | None = tree_id
-    for part in path.split("/"):
-        node = repo.load_tree(current).find(os.fsencode(part)) if current is not None else None
-        if node is None:
-            return None
-        current = node.subtree
-    return node
-
-
 def replace_sqlite(repo: Repository, docker: DockerPort, dump_plan: DumpPlan, volume: str) -> LoadOutcome:
     """Put the consistent SQLite copies over the restored files of the same paths (after the file restore)."""
     started = time.monotonic()
@@ -737,12 +721,12 @@ def replace_sqlite(repo: Repository, docker: DockerPort, dump_plan: DumpPlan, vo
                 details.append(f"{dump.source_path}: {sqlite_check(local)}")
             except ConsistencyError as err:
                 raise ConsistencyError(f"SQLite copy of {dump.source_path}: {err.message}") from err
-            original = _tree_node(repo, snapshot.tree, dump.source_path)
+            original = repo.node_at(snapshot.tree, dump.source_path)
             mode, uid, gid = (original.mode, original.uid, original.gid) if original else (0o644, 0, 0)
             size = os.path.getsize(local)
             entries.append((tar_member(f"volume/{dump.source_path}", size, mode=mode, uid=uid, gid=gid), _read(local)))
             for suffix in SQLITE_COMPANIONS:
-                companion = _tree_node(repo, snapshot.tree, dump.source_path + suffix)
+                companion = repo.node_at(snapshot.tree, dump.source_path + suffix)
                 if companion is not None and companion.type == FILE:
                     member = tar_member(
                         f"volume/{dump.source_path}{suffix}",

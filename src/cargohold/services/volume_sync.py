@@ -452,17 +452,6 @@ def _shell_images(docker: DockerPort, users: Sequence[User], meta: Mapping[str, 
     return refs + list(dict.fromkeys(others))[:5]
 
 
-def _node_at(repo: Repository, snapshot: Snapshot, path: str) -> Node | None:
-    tree_id: bytes | None = snapshot.tree
-    node = None
-    for part in path.split("/"):
-        node = repo.load_tree(tree_id).find(os.fsencode(part)) if tree_id is not None else None
-        if node is None:
-            return None
-        tree_id = node.subtree
-    return node
-
-
 def deletions_by_replacement(repo: Repository, snapshot: Snapshot, delta: Delta) -> bool:
     """Turn the deletions into replacements of their directories (sent whole); False when an entry
     of the volume's root itself is deleted (the mount point cannot be replaced)."""
@@ -471,7 +460,7 @@ def deletions_by_replacement(repo: Repository, snapshot: Snapshot, delta: Delta)
         return False
     parents = {p for p in parents if not _under(p, parents)}
     for p in parents:
-        node = _node_at(repo, snapshot, p)
+        node = repo.node_at(snapshot.tree, p)
         if node is None or node.type != DIR:
             return False
         delta.write[p] = node
