@@ -110,7 +110,6 @@ class Hasher:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.chunker = Chunker(repo.config.chunker, repo.key.chunker_seed)
-        self._content: Content | None = None
 
     def chunk_ids(self, reader: object, node: Node, size: int) -> list[bytes]:
         return [self.repo.blob_id(c) for c in self.chunker.chunks(cast(ChunkSource, reader), node.chunking, size)]

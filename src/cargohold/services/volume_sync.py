@@ -622,20 +622,27 @@ def preflight(
     repo: Repository, docker: DockerPort, engine: EngineInfo, target: str, req: SyncRequest
 ) -> VolumeInfo | None:
     """Refuse early (before any backup) what :func:`sync_volume` would refuse; the target, if it exists."""
+    return _preflight(repo, docker, engine, target, req)[0]
+
+
+def _preflight(
+    repo: Repository, docker: DockerPort, engine: EngineInfo, target: str, req: SyncRequest
+) -> tuple[VolumeInfo | None, tuple[SyncRecord, Snapshot] | None]:
+    """:func:`preflight`, and what cargohold copied into the target last (if still valid)."""
     if req.via is Via.DIRECT and not engine.local:
         raise UsageError(f"--via direct: the target engine is remote ({engine.host})", hint="use --via api or auto")
     try:
         volume = docker.inspect_volume(target)
     except VolumeNotFound:
-        return None
+        return None, None
     running = running_names(volume_users(docker, target))
     if running:
         raise DockerConflict(
             f"volume {target!r} on {engine.host} is used by running container(s) {', '.join(running)}",
             hint="stop them first: cargohold does not write under a running application",
         )
-    known = req.incremental and _valid_record(repo, req.state, engine, volume) is not None
-    if not known and not req.force:
+    known = _valid_record(repo, req.state, engine, volume) if req.incremental else None
+    if known is None and not req.force:
         source = StateSource(SourceKind.VOLUME, volume.name, volume)
         _via, direct, _why = choose_via(engine, source, Via.AUTO)
         if not volume_is_empty(docker, volume, direct):
@@ -652,7 +659,7 @@ def preflight(
                 hint="choose another name with --as, or pass --force to replace its contents "
                 "(a safety snapshot of them is taken first)",
             )
-    return volume
+    return volume, known
 
 
 def create_like(docker: DockerPort, name: str, meta: Mapping[str, Any], labels: Mapping[str, str] | None) -> VolumeInfo:
@@ -685,8 +692,7 @@ def sync_volume(
     started = time.monotonic()
     meta = check_restorable(snapshot)
     engine = docker.engine_info()
-    volume = preflight(repo, docker, engine, req.target, req)
-    known = _valid_record(repo, req.state, engine, volume) if volume is not None and req.incremental else None
+    volume, known = _preflight(repo, docker, engine, req.target, req)
     created = False
     if volume is None:
         volume = create_like(docker, req.target, meta, req.labels)
