@@ -16,11 +16,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold.docker.port import DockerPort
+from cargohold.errors import DockerNotFound
 
 IMAGE = os.environ.get("CARGOHOLD_BENCH_IMAGE", "cargohold-test/busybox:latest")
 CARGOHOLD = [sys.executable, "-m", "cargohold.cli.app"]
@@ -101,7 +102,16 @@ def crowded_engine(
             engine_volumes=len(docker.list_volumes()),
             engine_containers=len(docker.list_containers(all=True)),
         )
-    finally:
+    finally:  # in parallel (700 objects); one already gone must not stop the rest
+
+        def remove_container(cid: str) -> None:
+            with suppress(DockerNotFound):
+                docker.remove_container(cid, force=True, volumes=True)
+
+        def remove_volume(name: str) -> None:
+            with suppress(DockerNotFound):
+                docker.remove_volume(name, force=True)
+
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda c: docker.remove_container(c, force=True, volumes=True), made["containers"]))
-            list(pool.map(lambda v: docker.remove_volume(v, force=True), made["volumes"]))
+            list(pool.map(remove_container, made["containers"]))
+            list(pool.map(remove_volume, made["volumes"]))
