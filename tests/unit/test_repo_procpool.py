@@ -18,6 +18,7 @@ from cargohold.backends import open_backend
 from cargohold.errors import BackendError, CargoholdError, RepositoryError, UsageError
 from cargohold.repo import procpool
 from cargohold.repo.archiver import Archiver, BackupOptions
+from cargohold.repo.child import child_error
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
@@ -133,9 +134,9 @@ def test_a_worker_error_reaches_the_caller_as_ours(tmp_path: Path) -> None:
 
 
 def test_worker_errors_are_rebuilt_from_their_class_name() -> None:
-    err = procpool._worker_error(("fatal", "UsageError", "bad thing", "do this", "Traceback ..."))
+    err = child_error(("fatal", "UsageError", "bad thing", "do this", "Traceback ..."))
     assert isinstance(err, UsageError) and str(err) == "bad thing — do this"
-    other = procpool._worker_error(("fatal", "ZeroDivisionError", "division by zero", None, "Traceback ..."))
+    other = child_error(("fatal", "ZeroDivisionError", "division by zero", None, "Traceback ..."))
     assert isinstance(other, CargoholdError) and "ZeroDivisionError" in str(other)
 
 

@@ -14,7 +14,6 @@ starts its threads.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 
 _M_ARENA_MAX = -8
@@ -30,11 +29,9 @@ def tune_allocator() -> bool:
     with _lock:
         if _done:
             return True
-        name = ctypes.util.find_library("c")
-        if not name:
-            return False
-        try:
-            libc = ctypes.CDLL(name)
+        try:  # the C library already loaded (find_library would run `ldconfig -p`)
+            libc = ctypes.CDLL(None)
+            libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
             mallopt = libc.mallopt
         except (OSError, AttributeError):  # not glibc
             return False

@@ -18,18 +18,14 @@ import contextlib
 import glob
 import os
 import queue
-import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import cargohold
-from cargohold import errors
-from cargohold.errors import CargoholdError, RepositoryError
+from cargohold.repo.child import WorkerFailed, child_error, spawn
 from cargohold.repo.fileread import FileRead
 from cargohold.repo.format import ID_SIZE
 from cargohold.repo.progress import Progress
@@ -73,10 +69,6 @@ class _Proc:
     #: Blobs the parent told this worker to store that no reported pack holds yet.
     claimed: set[bytes] = field(default_factory=set)
     thread: threading.Thread | None = None
-
-
-class WorkerFailed(RepositoryError):
-    """A backup worker process failed or died."""
 
 
 class ProcessStore:
@@ -209,7 +201,7 @@ class ProcessStore:
                 elif kind == "bye":
                     return
                 elif kind == "fatal":
-                    raise _worker_error(msg)
+                    raise child_error(msg)
                 else:
                     raise WorkerFailed(f"a backup worker sent an unknown message {kind!r}")
         except (EOFError, OSError):
@@ -265,46 +257,4 @@ class ProcessStore:
 
 
 def _spawn(setup: dict[str, Any]) -> _Proc:
-    ours, theirs = socket.socketpair()
-    env = dict(os.environ)
-    # the child imports cargohold from where this process did, installed or not
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(cargohold.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cargohold.repo.procworker", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    conn = Connection(ours.detach())
-    try:
-        conn.send(setup)
-    except OSError:
-        proc.kill()
-        proc.wait()
-        conn.close()
-        raise WorkerFailed("a backup worker process did not start") from None
-    return _Proc(proc, conn)
-
-
-def _worker_error(msg: tuple[Any, ...]) -> BaseException:
-    """The worker's error as one of ours (its traceback kept for ``--debug``)."""
-    _, kind, message, hint, trace = msg
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, CargoholdError):
-        try:
-            err: BaseException = cls(message, hint=hint)
-        except TypeError:
-            err = WorkerFailed(message, hint=hint)
-    else:
-        err = WorkerFailed(f"a backup worker failed: {kind}: {message}")
-    err.add_note(trace)
-    return err
+    return _Proc(*spawn("cargohold.repo.procworker", setup))

@@ -25,27 +25,20 @@ the whole backup (no snapshot refers to a blob that was never written).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import signal
 import sys
 import threading
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
 from cargohold.backends.local import LocalBackend, StagedObject
+from cargohold.repo.child import run_child
 from cargohold.repo.chunker import Chunker, ChunkerParams, ChunkSource
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.fileread import Compressibility, read_file
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
-from cargohold.repo.memory import tune_allocator
 from cargohold.repo.pack import PackStream
-
-_PR_SET_PDEATHSIG = 1
 
 #: New chunks are claimed from the parent in batches of about this many bytes.
 CLAIM_BATCH = 2 * 1024 * 1024
@@ -171,44 +164,8 @@ class Worker:
             self._staged.abort()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when the parent dies (a killed backup leaves no
-    worker behind to finish its packs); elsewhere the closed socket ends it soon enough."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def main(argv: list[str]) -> int:
-    parent = os.getppid()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the backup process, which stops us
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        return 1
-    conn = Connection(int(argv[1]))
-    try:
-        setup = conn.recv()
-    except (EOFError, OSError):
-        return 1
-    tune_allocator()
-    worker = None
-    try:
-        worker = Worker(conn, setup)
-        worker.run()
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        return 1  # the parent is gone: nothing to report to
-    except BaseException as err:
-        kind = type(err).__name__
-        message = getattr(err, "message", None) or str(err) or kind
-        hint = getattr(err, "hint", None)
-        fatal = ("fatal", kind, message, hint, traceback.format_exc())
-        with contextlib.suppress(OSError):  # through the lock: the pack writer may be sending
-            worker.send(fatal) if worker is not None else conn.send(fatal)
-        return 1
-    finally:
-        if worker is not None:
-            worker.close()
-    return 0
+    return run_child(argv, Worker)
 
 
 if __name__ == "__main__":

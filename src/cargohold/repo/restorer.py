@@ -4,8 +4,9 @@
    links and empty files of the right size (holes of sparse files stay holes: only
    data regions are written).
 2. Plan by pack: every needed blob is read once per pack (one ranged read covering the
-   blobs when they are dense, else one read per blob), decrypted and decompressed by
-   worker threads and written with ``pwrite`` to every place that needs it.
+   blobs when they are dense, else one read per blob), decrypted, decompressed and
+   written with ``pwrite`` to every place that needs it (:mod:`.restoredata`) — by
+   worker processes from a local repository once there is enough to write, else threads.
 3. Apply metadata: owners (when root), modes, xattrs and times of files, then of
    directories from the deepest up, so writing children does not change a parent's mtime.
 
@@ -15,27 +16,18 @@ and the result lists the damaged files and why.
 
 from __future__ import annotations
 
-import errno
 import os
-import threading
-from collections import OrderedDict, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cargohold.errors import BackendError, IntegrityError, UsageError
-from cargohold.repo.format import BlobType, decode_blob, pack_name
 from cargohold.repo.fsnode import apply_metadata
 from cargohold.repo.memory import tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
+from cargohold.repo.restoredata import BlobJob, DataWriter, Target, write_in_processes, write_in_threads
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
-
-#: Read a span of a pack at once when at least this share of it is needed.
-_DENSE = 0.5
-_MAX_FDS = 64
-#: Largest ranged read of a pack (bounds memory: each worker holds one such range).
-_MAX_READ = 4 * 1024 * 1024
 
 
 @dataclass
@@ -43,6 +35,9 @@ class RestoreOptions:
     include: list[str] = field(default_factory=list)
     owners: bool | None = None  # default: when running as root
     workers: int = 2
+    #: From this many bytes to write on, a local repository is read by worker processes
+    #: (:mod:`.restoreworker`) instead of threads; None: never.
+    processes_after: int | None = 8 * 1024 * 1024
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -83,13 +78,6 @@ def _place(extents: list[tuple[int, int]] | None, pos: int, length: int) -> list
     return out
 
 
-@dataclass
-class _Target:
-    path: bytes
-    rel: str
-    pieces: list[tuple[int, int, int]]
-
-
 def _create(path: bytes, size: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -105,20 +93,17 @@ class Restorer:
         self.result = RestoreResult()
         self._owners = self.opts.owners if self.opts.owners is not None else os.geteuid() == 0
         self._includes = [split_path(p) for p in self.opts.include]
-        self._need: dict[bytes, list[_Target]] = defaultdict(list)
+        self._need: dict[bytes, list[Target]] = defaultdict(list)
         self._files: list[tuple[bytes, Node]] = []
         self._dirs: list[tuple[bytes, Node]] = []
         self._links: dict[tuple[int, int], bytes] = {}
-        self._lock = threading.Lock()
-        self._tls = threading.local()
-        #: Files written by the data phase: the size to set (sparse: holes at the end), or None.
-        self._sizes: dict[bytes, int | None] = {}
+        #: Files the data phase writes.
+        self._data_files: set[bytes] = set()
         #: Files the data phase created (the others are created empty afterwards).
         self._created: set[bytes] = set()
         #: Directories that were empty when we came (or that we made): nothing to clear in them.
         self._fresh: set[bytes] = set()
         self._hardlinks: list[tuple[bytes, bytes, str]] = []
-        self._caches: list[OrderedDict[bytes, int]] = []
 
     def run(self, snapshot: Snapshot, target: str | os.PathLike[str]) -> RestoreResult:
         tune_allocator()
@@ -141,7 +126,7 @@ class Restorer:
         self._walk(tree.nodes, root, ())
         self._write_data()
         for path, node in self._files:  # files whose data could not be written at all
-            if node.type == FILE and path in self._sizes and path not in self._created:
+            if node.type == FILE and path in self._data_files and path not in self._created:
                 _create(path, node.size)
         for first, path, relname in self._hardlinks:
             try:
@@ -245,7 +230,7 @@ class Restorer:
             if not node.content:  # empty, or only holes: nothing will write it
                 _create(path, node.size)
             else:  # created by the first write (in parallel, off the walk)
-                self._sizes[path] = node.size if node.extents is not None else None
+                self._data_files.add(path)
             self._plan_file(node, path, relname)
             self._files.append((path, node))
             self.result.files += 1
@@ -269,122 +254,41 @@ class Restorer:
 
     def _plan_file(self, node: Node, path: bytes, relname: str) -> None:
         pos = 0
+        sparse_size = node.size if node.extents is not None else None
         for bid in node.content:
             loc = self.repo.index.lookup(bid)
             if loc is None:
                 self.result.damaged[relname] = f"data blob {bid.hex()} is not in the index"
                 return
-            self._need[bid].append(_Target(path, relname, _place(node.extents, pos, loc.raw_length)))
+            self._need[bid].append((path, relname, sparse_size, _place(node.extents, pos, loc.raw_length)))
             pos += loc.raw_length
 
     # --- data -----------------------------------------------------------------------
 
     def _write_data(self) -> None:
-        by_pack: dict[bytes, list[tuple[bytes, int, int, int]]] = defaultdict(list)
-        for bid in self._need:
+        by_pack: dict[bytes, list[BlobJob]] = defaultdict(list)
+        total = 0
+        for bid, targets in self._need.items():
             loc = self.repo.index.lookup(bid)
             assert loc is not None
-            by_pack[loc.pack].append((bid, loc.offset, loc.length, loc.raw_length))
-        try:
-            with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-restore") as pool:
-                for fut in [pool.submit(self._restore_pack, p, blobs) for p, blobs in by_pack.items()]:
-                    fut.result()
-        finally:
-            self._close_fds()
+            by_pack[loc.pack].append((bid, loc.offset, loc.length, loc.raw_length, targets))
+            total += loc.raw_length * len(targets)
+        if not by_pack:
+            return
+        jobs = list(by_pack.items())
+        after = self.opts.processes_after
+        setup = self.repo.worker_setup() if after is not None and total >= after else None
+        repo = self.repo
+        progress = self.opts.progress
 
-    def _damage(self, bid: bytes, reason: str) -> None:
-        with self._lock:
-            for t in self._need[bid]:
-                self.result.damaged.setdefault(t.rel, reason)
+        def writer() -> DataWriter:
+            return DataWriter(repo.backend.load, repo.cipher, repo.blob_id, progress.advance)
 
-    def _restore_pack(self, pack: bytes, blobs: list[tuple[bytes, int, int, int]]) -> None:
-        blobs.sort(key=lambda b: b[1])
-        groups: list[list[tuple[bytes, int, int, int]]] = [[blobs[0]]]
-        needed = blobs[0][2]
-        for b in blobs[1:]:
-            g = groups[-1]
-            span = b[1] + b[2] - g[0][1]
-            if span <= _MAX_READ and needed + b[2] >= _DENSE * span:
-                g.append(b)
-                needed += b[2]
-            else:
-                groups.append([b])
-                needed = b[2]
-        name = pack_name(pack)
-        for g in groups:
-            start = g[0][1]
-            end = g[-1][1] + g[-1][2]
-            try:
-                data = self.repo.backend.load(name, start, end - start)
-            except BackendError as err:
-                for bid, *_ in g:
-                    self._damage(bid, f"pack {pack.hex()} unreadable: {err}")
-                continue
-            view = memoryview(data)
-            for bid, off, length, raw in g:
-                chunk = view[off - start : off - start + length]
-                if len(chunk) != length:
-                    self._damage(bid, f"pack {pack.hex()} is truncated")
-                    continue
-                try:
-                    plain = decode_blob(self.repo.cipher, BlobType.DATA, bid, bytes(chunk), raw)
-                    if self.repo.blob_id(plain) != bid:
-                        raise IntegrityError(f"data blob {bid.hex()}: content does not match its id")
-                except IntegrityError as err:
-                    self._damage(bid, f"pack {pack.hex()}: {err}")
-                    continue
-                self._write_blob(bid, plain)
-
-    def _fd(self, path: bytes) -> int:
-        """An open descriptor for ``path`` from this thread's small cache (one pack feeds many
-        blobs to the same files; per-thread caches never close a descriptor another thread uses)."""
-        cache: OrderedDict[bytes, int] | None = getattr(self._tls, "fds", None)
-        if cache is None:
-            cache = OrderedDict()
-            self._tls.fds = cache
-            with self._lock:
-                self._caches.append(cache)
-        fd = cache.get(path)
-        if fd is not None:
-            cache.move_to_end(path)
-            return fd
-        # The walk removed whatever was at ``path``, so creating without O_TRUNC is safe when
-        # two threads race to create the same file; setting the final size is idempotent.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        size = self._sizes[path]
-        if size is not None:  # sparse: the writes alone would not reach a hole at the end
-            try:
-                os.ftruncate(fd, size)
-            except BaseException:
-                os.close(fd)
-                raise
-        self._created.add(path)
-        cache[path] = fd
-        if len(cache) > _MAX_FDS:
-            os.close(cache.popitem(last=False)[1])
-        return fd
-
-    def _close_fds(self) -> None:
-        with self._lock:
-            caches, self._caches = self._caches, []
-        for cache in caches:
-            while cache:
-                os.close(cache.popitem()[1])
-
-    def _write_blob(self, bid: bytes, plain: bytes) -> None:
-        view = memoryview(plain)
-        for t in self._need[bid]:
-            try:
-                fd = self._fd(t.path)
-            except OSError as err:
-                if err.errno != errno.ENOENT:
-                    with self._lock:
-                        self.result.warnings.append(f"{t.rel}: {err.strerror}")
-                continue
-            try:
-                for file_off, chunk_off, n in t.pieces:
-                    os.pwrite(fd, view[chunk_off : chunk_off + n], file_off)
-            except OSError as err:  # full disk, quota, I/O error of the target
-                with self._lock:
-                    self.result.damaged[t.rel] = f"cannot write: {err.strerror}"
-        self.opts.progress.advance(len(plain))
+        if setup is not None:
+            report = write_in_processes(jobs, setup, self.opts.workers, writer, progress.advance)
+        else:
+            report = write_in_threads(jobs, writer, self.opts.workers)
+        self._created = report.created
+        for rel, why in report.damaged.items():
+            self.result.damaged.setdefault(rel, why)
+        self.result.warnings.extend(report.warnings)

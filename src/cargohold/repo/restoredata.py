@@ -1,0 +1,311 @@
+"""The data phase of a restore: needed blobs read pack by pack, checked, written to files.
+
+The restorer plans which blobs go where (:data:`Job`: one pack and the blobs needed from
+it); a :class:`DataWriter` carries a job out: one ranged read per dense span of the pack,
+decrypt, decompress, check the blob id, ``pwrite`` to every place that needs it. A blob
+that cannot be read damages only the files that need it (:class:`WriteReport`).
+
+Two ways to run the writers: threads in this process (small restores, and repositories
+another process cannot open), or :func:`write_in_processes` — this process and a worker
+process (:mod:`.restoreworker`) that take packs from one list. Python threads share one
+interpreter lock: with two writer threads a restore spent ~8 % of its samples waking the
+other thread and a quarter of the cores idle; processes do not wait for each other. The
+parent writes too (instead of a second worker) because it has nothing else to do by then,
+and a worker costs ~30 MB.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from cargohold.errors import BackendError, IntegrityError
+from cargohold.repo.child import WorkerFailed, child_error, spawn
+from cargohold.repo.crypto import Cipher
+from cargohold.repo.format import BlobType, decode_blob, pack_name
+
+#: Read a span of a pack at once when at least this share of it is needed.
+_DENSE = 0.5
+_MAX_FDS = 64
+#: Largest ranged read of a pack (bounds memory: each writer holds one such range).
+_MAX_READ = 4 * 1024 * 1024
+#: Jobs handed to a worker process ahead of the one it works on (it never waits for work).
+_AHEAD = 2
+
+#: One place a blob goes: (path, name shown, the file's size when it is sparse else None,
+#: [(file offset, offset in the blob, length)]).
+Target = tuple[bytes, str, "int | None", list[tuple[int, int, int]]]
+#: (blob id, offset in the pack, stored length, plain length, where it goes).
+BlobJob = tuple[bytes, int, int, int, list[Target]]
+#: (pack id, the blobs needed from it).
+Job = tuple[bytes, list[BlobJob]]
+
+
+@dataclass
+class WriteReport:
+    #: Files this writer created (the others are created empty afterwards).
+    created: set[bytes] = field(default_factory=set)
+    #: Name shown -> why its content is damaged.
+    damaged: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+    def merge(self, other: WriteReport) -> None:
+        self.created |= other.created
+        for rel, why in other.damaged.items():
+            self.damaged.setdefault(rel, why)
+        self.warnings.extend(other.warnings)
+        self.bytes += other.bytes
+
+    def to_message(self) -> tuple[Any, ...]:
+        return ("done", list(self.created), self.damaged, self.warnings, self.bytes)
+
+    @classmethod
+    def from_message(cls, msg: tuple[Any, ...]) -> WriteReport:
+        _, created, damaged, warnings, nbytes = msg
+        return cls(set(created), damaged, warnings, nbytes)
+
+
+class DataWriter:
+    """Writes the blobs of jobs into their files; one per thread or process (its small
+    cache of open files is its own)."""
+
+    def __init__(
+        self,
+        load: Callable[[str, int, int], bytes],
+        cipher: Cipher,
+        blob_id: Callable[[bytes], bytes],
+        advance: Callable[[int], None] | None = None,
+    ) -> None:
+        self._load = load
+        self._cipher = cipher
+        self._blob_id = blob_id
+        self._advance = advance
+        self._fds: OrderedDict[bytes, int] = OrderedDict()
+        self.report = WriteReport()
+
+    def write(self, job: Job) -> None:
+        pack, blobs = job
+        blobs.sort(key=lambda b: b[1])
+        groups: list[list[BlobJob]] = [[blobs[0]]]
+        needed = blobs[0][2]
+        for b in blobs[1:]:
+            g = groups[-1]
+            span = b[1] + b[2] - g[0][1]
+            if span <= _MAX_READ and needed + b[2] >= _DENSE * span:
+                g.append(b)
+                needed += b[2]
+            else:
+                groups.append([b])
+                needed = b[2]
+        name = pack_name(pack)
+        for g in groups:
+            start = g[0][1]
+            end = g[-1][1] + g[-1][2]
+            try:
+                data = self._load(name, start, end - start)
+            except BackendError as err:
+                for b in g:
+                    self._damage(b, f"pack {pack.hex()} unreadable: {err}")
+                continue
+            view = memoryview(data)
+            for b in g:
+                bid, off, length, raw, _ = b
+                chunk = view[off - start : off - start + length]
+                if len(chunk) != length:
+                    self._damage(b, f"pack {pack.hex()} is truncated")
+                    continue
+                try:
+                    plain = decode_blob(self._cipher, BlobType.DATA, bid, bytes(chunk), raw)
+                    if self._blob_id(plain) != bid:
+                        raise IntegrityError(f"data blob {bid.hex()}: content does not match its id")
+                except IntegrityError as err:
+                    self._damage(b, f"pack {pack.hex()}: {err}")
+                    continue
+                self._put(b[4], plain)
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    def _damage(self, blob: BlobJob, reason: str) -> None:
+        for t in blob[4]:
+            self.report.damaged.setdefault(t[1], reason)
+
+    def _fd(self, path: bytes, sparse_size: int | None) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        # The walk removed whatever was at ``path``, so creating without O_TRUNC is safe when
+        # two writers race to create the same file; setting the final size is idempotent.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if sparse_size is not None:  # the writes alone would not reach a hole at the end
+            try:
+                os.ftruncate(fd, sparse_size)
+            except BaseException:
+                os.close(fd)
+                raise
+        self.report.created.add(path)
+        self._fds[path] = fd
+        if len(self._fds) > _MAX_FDS:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _put(self, targets: list[Target], plain: bytes) -> None:
+        view = memoryview(plain)
+        for path, rel, sparse_size, pieces in targets:
+            try:
+                fd = self._fd(path, sparse_size)
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    self.report.warnings.append(f"{rel}: {err.strerror}")
+                continue
+            try:
+                for file_off, chunk_off, n in pieces:
+                    os.pwrite(fd, view[chunk_off : chunk_off + n], file_off)
+            except OSError as err:  # full disk, quota, I/O error of the target
+                self.report.damaged[rel] = f"cannot write: {err.strerror}"
+        self.report.bytes += len(plain)
+        if self._advance is not None:
+            self._advance(len(plain))
+
+
+def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) -> WriteReport:
+    """Carry the jobs out with ``n`` threads, each with its own writer."""
+    pending = collections.deque(jobs)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    writers = [make() for _ in range(max(1, min(n, len(jobs))))]
+
+    def work(writer: DataWriter) -> None:
+        try:
+            while not errors:
+                with lock:
+                    if not pending:
+                        return
+                    job = pending.popleft()
+                writer.write(job)
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            writer.close()
+
+    threads = [threading.Thread(target=work, args=(w,), name="ch-restore", daemon=True) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    report = WriteReport()
+    for w in writers:
+        report.merge(w.report)
+    return report
+
+
+def write_in_processes(
+    jobs: list[Job], setup: dict[str, Any], n: int, make: Callable[[], DataWriter], advance: Callable[[int], None]
+) -> WriteReport:
+    """Carry the jobs out with this process (a writer from ``make``) and ``n - 1`` worker
+    processes (:mod:`.restoreworker`, at least one), all taking jobs from one list. A
+    worker is kept :data:`_AHEAD` jobs ahead and reports every job done; this process's
+    interpreter lock is free for its own writer, as the other threads only pass messages.
+    A worker that fails or dies fails the restore (with its error) once all have stopped."""
+    pending = collections.deque(jobs)
+    lock = threading.Lock()
+    report = WriteReport()
+    failures: list[BaseException] = []
+    procs: list[tuple[subprocess.Popen[bytes], Connection]] = []
+    try:
+        for _ in range(max(1, min(n - 1, len(jobs) - 1))):
+            procs.append(spawn("cargohold.repo.restoreworker", setup))
+    except BaseException:
+        for proc, conn in procs:
+            proc.kill()
+            proc.wait()
+            conn.close()
+        raise
+
+    def take() -> Job | None:
+        with lock:
+            return pending.popleft() if pending and not failures else None
+
+    def serve(conn: Connection) -> None:
+        stopped = False
+
+        def feed() -> None:
+            nonlocal stopped
+            job = take()
+            if job is not None:
+                conn.send(("job", job))
+            elif not stopped:
+                conn.send(("stop",))
+                stopped = True
+
+        try:
+            for _ in range(_AHEAD):
+                feed()
+            while True:
+                msg = conn.recv()
+                if msg[0] == "done":
+                    done = WriteReport.from_message(msg)
+                    with lock:
+                        report.merge(done)
+                    advance(done.bytes)
+                    feed()
+                elif msg[0] == "bye":
+                    return
+                elif msg[0] == "fatal":
+                    raise child_error(msg)
+                else:
+                    raise WorkerFailed(f"a restore worker sent an unknown message {msg[0]!r}")
+        except (EOFError, OSError):
+            fail(WorkerFailed("a restore worker process died", hint="see the system log (out of memory?)"))
+        except BaseException as err:
+            fail(err)
+
+    def fail(err: BaseException) -> None:
+        with lock:
+            first = not failures
+            failures.append(err)
+        if first:
+            for proc, _ in procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+
+    threads = [threading.Thread(target=serve, args=(c,), name="ch-restore", daemon=True) for _, c in procs]
+    try:
+        for t in threads:
+            t.start()
+        own = make()
+        try:
+            while (job := take()) is not None:
+                own.write(job)
+        finally:
+            own.close()
+        for t in threads:
+            t.join()
+        with lock:
+            report.merge(own.report)
+    except BaseException as err:  # our own writer failed, or we were interrupted
+        fail(err)
+        raise
+    finally:
+        for t in threads:
+            t.join()
+        for proc, conn in procs:
+            proc.wait()
+            conn.close()
+    if failures:
+        raise failures[0]
+    return report

@@ -1,0 +1,135 @@
+"""Restores through a worker process (cargohold.repo.restoredata / restoreworker).
+
+A local repository's restore of more than ``processes_after`` bytes is written by this
+process and a worker process; these tests force that from the first byte and check what
+the threaded path guarantees: byte-exact results (sparse files, hard links, files spread
+over several packs), damage confined to the files that need a bad blob, and a worker
+that dies or fails ending the restore with one of our errors, never a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_repo_backup_restore import describe
+
+from cargohold.backends import open_backend
+from cargohold.errors import CargoholdError, RepositoryError
+from cargohold.repo import restoredata
+from cargohold.repo.archiver import Archiver, BackupOptions
+from cargohold.repo.format import pack_name
+from cargohold.repo.keys import KdfParams
+from cargohold.repo.repository import Repository
+from cargohold.repo.restorer import RestoreOptions, Restorer
+from cargohold.repo.snapshot import Snapshot
+
+
+def _backup(tmp_path: Path) -> tuple[Path, Snapshot]:
+    src = tmp_path / "src"
+    rng = random.Random(11)
+    (src / "small").mkdir(parents=True)
+    for i in range(200):
+        (src / "small" / f"f{i:03}").write_bytes(rng.randbytes(rng.choice([0, 10, 3000, 70_000])))
+    (src / "big.bin").write_bytes(rng.randbytes(40 * 1024 * 1024))  # spans three packs
+    os.link(src / "small" / "f001", src / "small" / "hard")
+    with open(src / "sparse", "wb") as f:
+        f.truncate(6 * 1024 * 1024)
+        f.seek(2 * 1024 * 1024)
+        f.write(rng.randbytes(50_000))
+    os.symlink("big.bin", src / "link")
+    repo = Repository.init(open_backend(str(tmp_path / "repo")), "pw", kdf=KdfParams.FAST)
+    res = Archiver(repo, BackupOptions()).run(src)
+    assert res.snapshot is not None
+    return src, res.snapshot
+
+
+def _open(tmp_path: Path) -> Repository:
+    return Repository.open(open_backend(str(tmp_path / "repo")), "pw")
+
+
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
+    """Record the worker processes started (and let them start)."""
+    real = restoredata.spawn
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(module: str, setup: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Connection]:
+        proc, conn = real(module, setup)
+        procs.append(proc)
+        return proc, conn
+
+    monkeypatch.setattr(restoredata, "spawn", spawn)
+    return procs
+
+
+def test_a_restore_through_a_worker_process_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, snap = _backup(tmp_path)
+    procs = _spawned(monkeypatch)
+    out = tmp_path / "out"
+    result = Restorer(_open(tmp_path), RestoreOptions(processes_after=0)).run(snap, out)
+    assert len(procs) == 1 and procs[0].returncode == 0
+    assert not result.damaged and not result.warnings
+    assert describe(out) == describe(src)
+
+
+def test_small_restores_and_unshareable_backends_use_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, snap = _backup(tmp_path)
+    procs = _spawned(monkeypatch)
+    Restorer(_open(tmp_path), RestoreOptions(processes_after=None)).run(snap, tmp_path / "out")
+    assert describe(tmp_path / "out") == describe(src)
+    assert procs == []
+
+
+def test_a_damaged_pack_damages_only_the_files_that_need_it(tmp_path: Path) -> None:
+    src, snap = _backup(tmp_path)
+    repo = _open(tmp_path)
+    big = repo.node_at(snap.tree, "big.bin")
+    assert big is not None
+    loc = repo.index.lookup(big.content[1])
+    assert loc is not None
+    path = tmp_path / "repo" / pack_name(loc.pack)
+    with open(path, "r+b") as f:  # flip a byte inside one blob of big.bin
+        f.seek(loc.offset + 100)
+        b = f.read(1)
+        f.seek(loc.offset + 100)
+        f.write(bytes([b[0] ^ 0xFF]))
+    out = tmp_path / "out"
+    result = Restorer(_open(tmp_path), RestoreOptions(processes_after=0)).run(snap, out)
+    assert list(result.damaged) == ["big.bin"]
+    assert "authentication failed" in result.damaged["big.bin"]
+    want, got = describe(src), describe(out)
+    assert {k for k in want if want[k] != got.get(k)} == {"big.bin"}
+    assert (out / "big.bin").stat().st_size == (src / "big.bin").stat().st_size
+
+
+def test_a_worker_that_dies_fails_the_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, snap = _backup(tmp_path)
+    procs = _spawned(monkeypatch)
+    real = restoredata.spawn
+
+    def spawn_and_kill(module: str, setup: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Connection]:
+        proc, conn = real(module, setup)
+        proc.kill()
+        return proc, conn
+
+    monkeypatch.setattr(restoredata, "spawn", spawn_and_kill)
+    with pytest.raises(RepositoryError, match="worker process died") as info:
+        Restorer(_open(tmp_path), RestoreOptions(processes_after=0)).run(snap, tmp_path / "out")
+    assert "\n" not in str(info.value)
+    assert all(p.poll() is not None for p in procs), "a worker was left running"
+
+
+def test_a_worker_error_reaches_the_caller_as_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, snap = _backup(tmp_path)
+    repo = _open(tmp_path)
+    setup = repo.worker_setup()
+    assert setup is not None
+    monkeypatch.setattr(repo, "worker_setup", lambda: {**setup, "key": b"not a key"})
+    with pytest.raises(CargoholdError) as info:
+        Restorer(repo, RestoreOptions(processes_after=0)).run(snap, tmp_path / "out")
+    assert "\n" not in str(info.value)
