@@ -6,7 +6,7 @@ decrypt, decompress, check the blob id, ``pwrite`` to every place that needs it.
 that cannot be read damages only the files that need it (:class:`WriteReport`).
 
 Two ways to run the writers: threads in this process (small restores, and repositories
-another process cannot open), or :func:`write_in_processes` — this process and a worker
+another process cannot open), or :class:`ProcessWriters` — this process and a worker
 process (:mod:`.restoreworker`) that take packs from one list. Python threads share one
 interpreter lock: with two writer threads a restore spent ~8 % of its samples waking the
 other thread and a quarter of the cores idle; processes do not wait for each other. The
@@ -213,39 +213,81 @@ def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) ->
     return report
 
 
-def write_in_processes(
-    jobs: list[Job], setup: dict[str, Any], n: int, make: Callable[[], DataWriter], advance: Callable[[int], None]
-) -> WriteReport:
-    """Carry the jobs out with this process (a writer from ``make``) and ``n - 1`` worker
-    processes (:mod:`.restoreworker`, at least one), all taking jobs from one list. A
-    worker is kept :data:`_AHEAD` jobs ahead and reports every job done; this process's
+class ProcessWriters:
+    """This process (a writer from ``make``) and ``n - 1`` worker processes
+    (:mod:`.restoreworker`, at least one) taking jobs from one list. Started before the
+    jobs are known (their start-up overlaps the restorer's walk), then :meth:`run` once,
+    or :meth:`abort`.
+
+    A worker is kept :data:`_AHEAD` jobs ahead and reports every job done; this process's
     interpreter lock is free for its own writer, as the other threads only pass messages.
     A worker that fails or dies fails the restore (with its error) once all have stopped."""
-    pending = collections.deque(jobs)
-    lock = threading.Lock()
-    report = WriteReport()
-    failures: list[BaseException] = []
-    procs: list[tuple[subprocess.Popen[bytes], Connection]] = []
-    try:
-        for _ in range(max(1, min(n - 1, len(jobs) - 1))):
-            procs.append(spawn("cargohold.repo.restoreworker", setup))
-    except BaseException:
-        for proc, conn in procs:
-            proc.kill()
+
+    def __init__(self, setup: dict[str, Any], n: int) -> None:
+        self._procs: list[tuple[subprocess.Popen[bytes], Connection]] = []
+        self._lock = threading.Lock()
+        self._failures: list[BaseException] = []
+        self._pending: collections.deque[Job] = collections.deque()
+        try:
+            for _ in range(max(1, n - 1)):
+                self._procs.append(spawn("cargohold.repo.restoreworker", setup))
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop the workers (the restore is failing, or has nothing for them)."""
+        for proc, conn in self._procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
             proc.wait()
             conn.close()
-        raise
+        self._procs = []
 
-    def take() -> Job | None:
-        with lock:
-            return pending.popleft() if pending and not failures else None
+    def run(self, jobs: list[Job], make: Callable[[], DataWriter], advance: Callable[[int], None]) -> WriteReport:
+        self._pending.extend(jobs)
+        report = WriteReport()
+        threads = [
+            threading.Thread(target=self._serve, args=(c, report, advance), name="ch-restore", daemon=True)
+            for _, c in self._procs
+        ]
+        try:
+            for t in threads:
+                t.start()
+            own = make()
+            try:
+                while (job := self._take()) is not None:
+                    own.write(job)
+            finally:
+                own.close()
+            for t in threads:
+                t.join()
+            with self._lock:
+                report.merge(own.report)
+        except BaseException as err:  # our own writer failed, or we were interrupted
+            self._fail(err)
+            raise
+        finally:
+            for t in threads:
+                t.join()
+            for proc, conn in self._procs:
+                proc.wait()
+                conn.close()
+            self._procs = []
+        if self._failures:
+            raise self._failures[0]
+        return report
 
-    def serve(conn: Connection) -> None:
+    def _take(self) -> Job | None:
+        with self._lock:
+            return self._pending.popleft() if self._pending and not self._failures else None
+
+    def _serve(self, conn: Connection, report: WriteReport, advance: Callable[[int], None]) -> None:
         stopped = False
 
         def feed() -> None:
             nonlocal stopped
-            job = take()
+            job = self._take()
             if job is not None:
                 conn.send(("job", job))
             elif not stopped:
@@ -259,7 +301,7 @@ def write_in_processes(
                 msg = conn.recv()
                 if msg[0] == "done":
                     done = WriteReport.from_message(msg)
-                    with lock:
+                    with self._lock:
                         report.merge(done)
                     advance(done.bytes)
                     feed()
@@ -270,42 +312,15 @@ def write_in_processes(
                 else:
                     raise WorkerFailed(f"a restore worker sent an unknown message {msg[0]!r}")
         except (EOFError, OSError):
-            fail(WorkerFailed("a restore worker process died", hint="see the system log (out of memory?)"))
+            self._fail(WorkerFailed("a restore worker process died", hint="see the system log (out of memory?)"))
         except BaseException as err:
-            fail(err)
+            self._fail(err)
 
-    def fail(err: BaseException) -> None:
-        with lock:
-            first = not failures
-            failures.append(err)
+    def _fail(self, err: BaseException) -> None:
+        with self._lock:
+            first = not self._failures
+            self._failures.append(err)
         if first:
-            for proc, _ in procs:
+            for proc, _ in self._procs:
                 with contextlib.suppress(OSError):
                     proc.kill()
-
-    threads = [threading.Thread(target=serve, args=(c,), name="ch-restore", daemon=True) for _, c in procs]
-    try:
-        for t in threads:
-            t.start()
-        own = make()
-        try:
-            while (job := take()) is not None:
-                own.write(job)
-        finally:
-            own.close()
-        for t in threads:
-            t.join()
-        with lock:
-            report.merge(own.report)
-    except BaseException as err:  # our own writer failed, or we were interrupted
-        fail(err)
-        raise
-    finally:
-        for t in threads:
-            t.join()
-        for proc, conn in procs:
-            proc.wait()
-            conn.close()
-    if failures:
-        raise failures[0]
-    return report

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 from cargohold.errors import BackendError, IntegrityError, UsageError
 from cargohold.repo.fsnode import apply_metadata
+from cargohold.repo.index import Location
 from cargohold.repo.memory import tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
-from cargohold.repo.restoredata import BlobJob, DataWriter, Target, write_in_processes, write_in_threads
+from cargohold.repo.restoredata import BlobJob, DataWriter, ProcessWriters, Target, write_in_threads
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
@@ -93,7 +94,8 @@ class Restorer:
         self.result = RestoreResult()
         self._owners = self.opts.owners if self.opts.owners is not None else os.geteuid() == 0
         self._includes = [split_path(p) for p in self.opts.include]
-        self._need: dict[bytes, list[Target]] = defaultdict(list)
+        #: Blob id -> (where it is, where it goes).
+        self._need: dict[bytes, tuple[Location, list[Target]]] = {}
         self._files: list[tuple[bytes, Node]] = []
         self._dirs: list[tuple[bytes, Node]] = []
         self._links: dict[tuple[int, int], bytes] = {}
@@ -123,8 +125,14 @@ class Restorer:
         if self._includes and not any(self._matches_any(tree.nodes, inc) for inc in self._includes):
             wanted = ", ".join(self.opts.include)
             raise UsageError(f"--include {wanted}: no such path in snapshot {snapshot.short_id}")
-        self._walk(tree.nodes, root, ())
-        self._write_data()
+        # A whole snapshot's size is known: worker processes start now, while the walk runs.
+        writers = None if self._includes else self._writers(snapshot.stats.bytes)
+        try:
+            self._walk(tree.nodes, root, ())
+            self._write_data(writers)
+        finally:
+            if writers is not None:
+                writers.abort()  # stops them if the walk failed or left them nothing to do
         for path, node in self._files:  # files whose data could not be written at all
             if node.type == FILE and path in self._data_files and path not in self._created:
                 _create(path, node.size)
@@ -255,37 +263,47 @@ class Restorer:
     def _plan_file(self, node: Node, path: bytes, relname: str) -> None:
         pos = 0
         sparse_size = node.size if node.extents is not None else None
+        need = self._need
         for bid in node.content:
-            loc = self.repo.index.lookup(bid)
-            if loc is None:
-                self.result.damaged[relname] = f"data blob {bid.hex()} is not in the index"
-                return
-            self._need[bid].append((path, relname, sparse_size, _place(node.extents, pos, loc.raw_length)))
-            pos += loc.raw_length
+            entry = need.get(bid)
+            if entry is None:
+                loc = self.repo.index.lookup(bid)
+                if loc is None:
+                    self.result.damaged[relname] = f"data blob {bid.hex()} is not in the index"
+                    return
+                entry = need[bid] = (loc, [])
+            raw = entry[0].raw_length
+            entry[1].append((path, relname, sparse_size, _place(node.extents, pos, raw)))
+            pos += raw
 
     # --- data -----------------------------------------------------------------------
 
-    def _write_data(self) -> None:
+    def _writers(self, nbytes: int) -> ProcessWriters | None:
+        """Worker processes when there are ``nbytes`` or more to write and the repository
+        can be opened by another process; else None (threads will do)."""
+        after = self.opts.processes_after
+        setup = self.repo.worker_setup() if after is not None and nbytes >= after else None
+        return ProcessWriters(setup, self.opts.workers) if setup is not None else None
+
+    def _write_data(self, writers: ProcessWriters | None) -> None:
         by_pack: dict[bytes, list[BlobJob]] = defaultdict(list)
         total = 0
-        for bid, targets in self._need.items():
-            loc = self.repo.index.lookup(bid)
-            assert loc is not None
+        for bid, (loc, targets) in self._need.items():
             by_pack[loc.pack].append((bid, loc.offset, loc.length, loc.raw_length, targets))
             total += loc.raw_length * len(targets)
         if not by_pack:
             return
         jobs = list(by_pack.items())
-        after = self.opts.processes_after
-        setup = self.repo.worker_setup() if after is not None and total >= after else None
         repo = self.repo
         progress = self.opts.progress
 
         def writer() -> DataWriter:
             return DataWriter(repo.backend.load, repo.cipher, repo.blob_id, progress.advance)
 
-        if setup is not None:
-            report = write_in_processes(jobs, setup, self.opts.workers, writer, progress.advance)
+        if writers is None:
+            writers = self._writers(total)
+        if writers is not None:
+            report = writers.run(jobs, writer, progress.advance)
         else:
             report = write_in_threads(jobs, writer, self.opts.workers)
         self._created = report.created
