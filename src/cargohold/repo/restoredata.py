@@ -180,6 +180,23 @@ class DataWriter:
             self._advance(len(plain))
 
 
+def split_jobs(by_pack: dict[bytes, list[BlobJob]]) -> list[Job]:
+    """One job per :data:`_MAX_READ` of stored bytes of a pack: small enough that the
+    writers finish close together (the last one is not left with a whole pack)."""
+    jobs: list[Job] = []
+    for pack, blobs in by_pack.items():
+        blobs.sort(key=lambda b: b[1])
+        part: list[BlobJob] = []
+        start = blobs[0][1]
+        for b in blobs:
+            if part and b[1] + b[2] - start > _MAX_READ:
+                jobs.append((pack, part))
+                part, start = [], b[1]
+            part.append(b)
+        jobs.append((pack, part))
+    return jobs
+
+
 def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) -> WriteReport:
     """Carry the jobs out with ``n`` threads, each with its own writer."""
     pending = collections.deque(jobs)

@@ -26,7 +26,7 @@ from cargohold.repo.index import Location
 from cargohold.repo.memory import tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
-from cargohold.repo.restoredata import BlobJob, DataWriter, ProcessWriters, Target, write_in_threads
+from cargohold.repo.restoredata import BlobJob, DataWriter, ProcessWriters, Target, split_jobs, write_in_threads
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
@@ -293,7 +293,7 @@ class Restorer:
             total += loc.raw_length * len(targets)
         if not by_pack:
             return
-        jobs = list(by_pack.items())
+        jobs = split_jobs(by_pack)
         repo = self.repo
         progress = self.opts.progress
 
