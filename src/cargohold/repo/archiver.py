@@ -34,7 +34,7 @@ from cargohold.repo.chunker import Chunker, ChunkSource
 from cargohold.repo.fileread import Compressibility, FileRead, open_noatime, read_file
 from cargohold.repo.format import BlobType
 from cargohold.repo.fsnode import node_from_stat
-from cargohold.repo.memory import tune_allocator
+from cargohold.repo.memory import gc_paused, tune_allocator
 from cargohold.repo.procpool import ProcessStore
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
@@ -200,7 +200,8 @@ class Archiver:
         self._blob_pool = ThreadPoolExecutor(self.opts.workers, thread_name_prefix="ch-blob")
         failed = True
         try:
-            tree_id = self._walk(root, ref_tree, ref.tree if ref is not None else None)
+            with gc_paused():
+                tree_id = self._walk(root, ref_tree, ref.tree if ref is not None else None)
             failed = False
         finally:
             self._close_processes(failed)  # first: a failing backup stops its workers at once

@@ -13,8 +13,11 @@ starts its threads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import threading
+from collections.abc import Iterator
 
 _M_ARENA_MAX = -8
 _M_MMAP_THRESHOLD = -3
@@ -39,3 +42,17 @@ def tune_allocator() -> bool:
         mallopt.restype = ctypes.c_int
         _done = bool(mallopt(_M_ARENA_MAX, 1)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
         return _done
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No full (oldest-generation) garbage collections inside. A walk that builds 20,000
+    tree nodes made the collector scan all of them again three times (0.08 s of a 1.9 s
+    restore), though none of them is garbage. The young generations are still collected,
+    so a cycle made per file is freed as before. Nests; restores the thresholds."""
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], 1 << 30)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from cargohold.errors import BackendError, IntegrityError, UsageError
 from cargohold.repo.fsnode import apply_metadata
 from cargohold.repo.index import Location
-from cargohold.repo.memory import tune_allocator
+from cargohold.repo.memory import gc_paused, tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.restoredata import BlobJob, DataWriter, ProcessWriters, Target, split_jobs, write_in_threads
@@ -109,6 +109,10 @@ class Restorer:
 
     def run(self, snapshot: Snapshot, target: str | os.PathLike[str]) -> RestoreResult:
         tune_allocator()
+        with gc_paused():
+            return self._run(snapshot, target)
+
+    def _run(self, snapshot: Snapshot, target: str | os.PathLike[str]) -> RestoreResult:
         root = os.fsencode(os.path.abspath(target))
         try:
             os.makedirs(root, exist_ok=True)
