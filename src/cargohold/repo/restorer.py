@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cargohold.errors import BackendError, IntegrityError, UsageError
+from cargohold.repo.child import WorkerFailed
 from cargohold.repo.fsnode import apply_metadata
 from cargohold.repo.index import Location
 from cargohold.repo.memory import gc_paused, tune_allocator
@@ -287,7 +288,12 @@ class Restorer:
         can be opened by another process; else None (threads will do)."""
         after = self.opts.processes_after
         setup = self.repo.worker_setup() if after is not None and nbytes >= after else None
-        return ProcessWriters(setup, self.opts.workers) if setup is not None else None
+        if setup is None:
+            return None
+        try:
+            return ProcessWriters(setup, self.opts.workers)
+        except (OSError, WorkerFailed):  # no process to be had (limits, no interpreter): threads
+            return None
 
     def _write_data(self, writers: ProcessWriters | None) -> None:
         by_pack: dict[bytes, list[BlobJob]] = defaultdict(list)
