@@ -694,9 +694,16 @@ def table(result: dict[str, Any]) -> str:
         for op in OPS
         if cpu["restic"].get(op) and cpu["cargohold"].get(op) is not None
     )
+    best = {n: {op: min(r["wall_s"] for r in rs) for op, rs in t[n]["runs"].items()} for n in ("cargohold", "restic")}
+    best_ratios = ", ".join(
+        f"{op} {best['cargohold'][op] / best['restic'][op]:.2f}"
+        for op in OPS
+        if best["restic"].get(op) and best["cargohold"].get(op) is not None
+    )
     lines += [
         "",
         f"CPU time cargohold / restic (user + system, independent of the load): {cpu_ratios}",
+        f"fastest run of each, cargohold / restic (the run least disturbed by the machine): {best_ratios}",
         f"other processes used {result['others_share']:.0%} of the 2 cores while the tools ran "
         "(wall times are inflated by that much contention)",
     ]
