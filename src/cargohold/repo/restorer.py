@@ -123,9 +123,6 @@ class Restorer:
         except OSError as err:
             raise UsageError(f"cannot restore into {os.fsdecode(root)}: {err.strerror}") from None
         self.opts.progress.start("restore", snapshot.stats.bytes or None)
-        # Packs no readable index lists (a damaged or missing index file, or leftovers of an
-        # interrupted backup): use their own headers, so a lost index file loses no data.
-        self.repo.index_unindexed_packs()
         try:
             tree = self.repo.load_tree(snapshot.tree)
         except (IntegrityError, BackendError) as err:

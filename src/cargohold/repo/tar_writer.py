@@ -139,7 +139,6 @@ def snapshot_tar(
     directories leading to it are included, the root's own metadata is not.
     """
     stats = stats if stats is not None else TarStats()
-    repo.index_unindexed_packs()  # a damaged or lost index file loses no data (see Restorer)
     links: dict[tuple[int, int], str] = {}
     wanted = split_path(include) if include else ()
     if wanted:

@@ -206,6 +206,9 @@ def restore(
     with locks_of(repo).shared("restore"):
         snap = find_snapshot(repo, ref, source=source)
         repo.load_index()
+        # Packs no readable index lists (a damaged or missing index file, or leftovers of an
+        # interrupted backup): use their own headers, so a lost index file loses no data.
+        repo.index_unindexed_packs()
         opts = RestoreOptions(include=list(include), progress=progress or NullProgress())
         return snap, Restorer(repo, opts).run(snap, target)
 
