@@ -9,9 +9,13 @@ that dies or fails ending the restore with one of our errors, never a hang.
 
 from __future__ import annotations
 
+import errno
+import gc
 import os
 import random
+import socket
 import subprocess
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,10 @@ from cargohold.backends import open_backend
 from cargohold.errors import CargoholdError, RepositoryError
 from cargohold.repo import restoredata
 from cargohold.repo.archiver import Archiver, BackupOptions
+from cargohold.repo.child import fatal_waiting
 from cargohold.repo.format import pack_name
 from cargohold.repo.keys import KdfParams
+from cargohold.repo.memory import gc_paused
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.repo.snapshot import Snapshot
@@ -133,3 +139,67 @@ def test_a_worker_error_reaches_the_caller_as_ours(tmp_path: Path, monkeypatch: 
     with pytest.raises(CargoholdError) as info:
         Restorer(repo, RestoreOptions(processes_after=0)).run(snap, tmp_path / "out")
     assert "\n" not in str(info.value)
+
+
+def test_modules_in_the_working_directory_do_not_reach_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, snap = _backup(tmp_path)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "queue.py").write_text("raise SystemExit('a module of the working directory was imported')\n")
+    monkeypatch.chdir(here)
+    out = tmp_path / "out"
+    result = Restorer(_open(tmp_path), RestoreOptions(processes_after=0)).run(snap, out)
+    assert not result.damaged
+    assert describe(out) == describe(src)
+
+
+def test_a_file_that_cannot_be_created_is_reported_damaged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, snap = _backup(tmp_path)
+    real = restoredata.DataWriter._fd
+
+    def refuse_big(self: restoredata.DataWriter, path: bytes, sparse_size: int | None) -> int:
+        if path.endswith(b"/big.bin"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(self, path, sparse_size)
+
+    monkeypatch.setattr(restoredata.DataWriter, "_fd", refuse_big)
+    result = Restorer(_open(tmp_path), RestoreOptions(processes_after=None)).run(snap, tmp_path / "out")
+    assert result.damaged == {"big.bin": "cannot create: Permission denied"}
+    assert not result.warnings
+
+
+def test_a_fatal_report_is_found_after_the_socket_broke() -> None:
+    ours, theirs = socket.socketpair()
+    a, b = Connection(ours.detach()), Connection(theirs.detach())
+    b.send(("fatal", "UsageError", "bad thing", "do this", "Traceback ..."))
+    b.close()
+    err = fatal_waiting(a)
+    assert isinstance(err, CargoholdError) and str(err) == "bad thing — do this"
+    assert fatal_waiting(a) is None
+    a.close()
+
+
+def test_gc_paused_nests_across_threads_and_restores_the_thresholds() -> None:
+    before = gc.get_threshold()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def other() -> None:
+        with gc_paused():
+            inside.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=other)
+    with gc_paused():
+        t.start()
+        assert inside.wait(5)
+        with gc_paused():
+            assert gc.get_threshold()[2] == 1 << 30
+    assert gc.get_threshold()[2] == 1 << 30  # the other thread is still inside
+    leave.set()
+    t.join()
+    assert gc.get_threshold() == before

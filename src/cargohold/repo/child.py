@@ -44,7 +44,9 @@ def spawn(module: str, setup: dict[str, Any]) -> tuple[subprocess.Popen[bytes], 
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(theirs.fileno())],
+            # -P: the working directory (a backup of ".", a restore target) is not put on
+            # sys.path, so nothing in it can stand in for a module of a process holding the key
+            [sys.executable, "-P", "-m", module, str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -80,6 +82,19 @@ def child_error(msg: tuple[Any, ...]) -> BaseException:
         err = WorkerFailed(f"a worker process failed: {kind}: {message}")
     err.add_note(trace)
     return err
+
+
+def fatal_waiting(conn: Connection) -> BaseException | None:
+    """The error a child reported before its socket broke, if it is still unread (a send to
+    a child that failed and exited fails with EPIPE; its ``fatal`` message says why)."""
+    try:
+        while conn.poll(0):
+            msg = conn.recv()
+            if isinstance(msg, tuple) and msg and msg[0] == "fatal":
+                return child_error(msg)
+    except (EOFError, OSError):
+        pass
+    return None
 
 
 class ChildWork(Protocol):

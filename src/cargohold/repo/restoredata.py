@@ -6,8 +6,8 @@ decrypt, decompress, check the blob id, ``pwrite`` to every place that needs it.
 that cannot be read damages only the files that need it (:class:`WriteReport`).
 
 Two ways to run the writers: threads in this process (small restores, and repositories
-another process cannot open), or :class:`ProcessWriters` — this process and a worker
-process (:mod:`.restoreworker`) that take packs from one list. Python threads share one
+another process cannot open), or :class:`ProcessWriters` — this process and worker
+processes (:mod:`.restoreworker`; one by default) that take jobs from one list. Python threads share one
 interpreter lock: with two writer threads a restore spent ~8 % of its samples waking the
 other thread and a quarter of the cores idle; processes do not wait for each other. The
 parent writes too (instead of a second worker) because it has nothing else to do by then,
@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cargohold.errors import BackendError, IntegrityError
-from cargohold.repo.child import WorkerFailed, child_error, spawn
+from cargohold.repo.child import WorkerFailed, child_error, fatal_waiting, spawn
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType, decode_blob, pack_name
 
@@ -38,7 +38,7 @@ _DENSE = 0.5
 _MAX_FDS = 64
 #: Largest ranged read of a pack (bounds memory: each writer holds one such range).
 _MAX_READ = 4 * 1024 * 1024
-#: Jobs handed to a worker process ahead of the one it works on (it never waits for work).
+#: Jobs a worker process holds at once: the one it works on and the next (it never waits).
 _AHEAD = 2
 
 #: One place a blob goes: (path, name shown, the file's size when it is sparse else None,
@@ -167,8 +167,8 @@ class DataWriter:
             try:
                 fd = self._fd(path, sparse_size)
             except OSError as err:
-                if err.errno != errno.ENOENT:
-                    self.report.warnings.append(f"{rel}: {err.strerror}")
+                if err.errno != errno.ENOENT:  # (gone: the walk could not make its directory)
+                    self.report.damaged.setdefault(rel, f"cannot create: {err.strerror}")
                 continue
             try:
                 for file_off, chunk_off, n in pieces:
@@ -218,10 +218,17 @@ def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) ->
             writer.close()
 
     threads = [threading.Thread(target=work, args=(w,), name="ch-restore", daemon=True) for w in writers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException as err:  # interrupted: the writers stop after their current job
+        errors.append(err)
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+        raise
     if errors:
         raise errors[0]
     report = WriteReport()
@@ -236,7 +243,7 @@ class ProcessWriters:
     jobs are known (their start-up overlaps the restorer's walk), then :meth:`run` once,
     or :meth:`abort`.
 
-    A worker is kept :data:`_AHEAD` jobs ahead and reports every job done; this process's
+    A worker holds :data:`_AHEAD` jobs at a time and reports every job done; this process's
     interpreter lock is free for its own writer, as the other threads only pass messages.
     A worker that fails or dies fails the restore (with its error) once all have stopped."""
 
@@ -286,7 +293,8 @@ class ProcessWriters:
             raise
         finally:
             for t in threads:
-                t.join()
+                if t.ident is not None:  # started
+                    t.join()
             for proc, conn in self._procs:
                 proc.wait()
                 conn.close()
@@ -329,7 +337,10 @@ class ProcessWriters:
                 else:
                     raise WorkerFailed(f"a restore worker sent an unknown message {msg[0]!r}")
         except (EOFError, OSError):
-            self._fail(WorkerFailed("a restore worker process died", hint="see the system log (out of memory?)"))
+            reported = fatal_waiting(conn)
+            self._fail(
+                reported or WorkerFailed("a restore worker process died", hint="see the system log (out of memory?)")
+            )
         except BaseException as err:
             self._fail(err)
 

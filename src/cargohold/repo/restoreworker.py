@@ -1,6 +1,6 @@
 """A restore worker process: reads packs, checks their blobs and writes them into files.
 
-Started by :func:`cargohold.repo.restoredata.write_in_processes` as
+Started by :class:`cargohold.repo.restoredata.ProcessWriters` as
 ``python -m cargohold.repo.restoreworker FD`` (see :mod:`.child`). The protocol (pickled
 tuples)::
 
@@ -11,9 +11,9 @@ tuples)::
     worker -> parent   ("bye",)                        its files are closed
     worker -> parent   ("fatal", kind, message, hint, traceback)
 
-The parent keeps a job or two ahead of the one the worker is on, so it never waits for
-work; a thread receives them, so that neither side's send waits for the other's. The
-files it writes were created (or cleared) by the parent's walk.
+The parent keeps the worker's next job queued behind the one it is on, so it never waits
+for work; a thread receives them, so that neither side's send waits for the other's. The
+parent's walk cleared the paths it writes; the writers create the files (``O_CREAT``).
 """
 
 from __future__ import annotations
