@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.prune import OBSOLETE_PREFIX
 from cargohold.repo.repository import Repository
+from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.repo.retention import Policy
+from cargohold.repo.tar_writer import snapshot_tar
 from cargohold.services import repository as svc
 
 
@@ -249,7 +254,8 @@ def test_damaged_index_loses_nothing_and_rebuild_index_repairs_it(tmp_path: Path
 
 def test_missing_index_is_named_and_loses_nothing(tmp_path: Path, repo: Repository) -> None:
     fill(tmp_path / "a", 1)
-    snap = svc.backup(repo, tmp_path / "a").snapshot
+    first = svc.backup(repo, tmp_path / "a")
+    snap = first.snapshot
     assert snap is not None
     for name in names(repo, "index/"):
         repo.backend.delete(name)
@@ -259,6 +265,18 @@ def test_missing_index_is_named_and_loses_nothing(tmp_path: Path, repo: Reposito
     assert not rep.affected
     _, out = svc.restore(fresh(repo), snap.id, tmp_path / "out")
     assert not out.damaged and (tmp_path / "out" / "small.txt").read_text() == "small 1\n"
+    # the other readers (Docker restores, verify, copy) use the restorer and the tar stream
+    reader = fresh(repo)
+    direct = Restorer(reader, RestoreOptions()).run(snap, tmp_path / "direct")
+    assert not direct.damaged and (tmp_path / "direct" / "small.txt").read_text() == "small 1\n"
+    with tarfile.open(fileobj=io.BytesIO(b"".join(snapshot_tar(fresh(repo), snap)))) as tar:
+        member = tar.extractfile("./small.txt")
+        assert member is not None and member.read() == b"small 1\n"
+    # ... but what a backup stores is decided by the index alone: prune deletes the packs that
+    # no index file lists, so a backup in the same process must not count on them
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    again = svc.backup(reader, tmp_path / "b")
+    assert again.snapshot is not None and again.stats.blobs_added == first.stats.blobs_added
     svc.rebuild_index(fresh(repo))
     assert svc.check(fresh(repo), read_data=True).ok
 

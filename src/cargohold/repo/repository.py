@@ -48,7 +48,7 @@ from cargohold.repo.format import (
     parse_hex_id,
     sha256_hex,
 )
-from cargohold.repo.index import MasterIndex, PackRecord, decode_index, encode_index
+from cargohold.repo.index import Location, MasterIndex, PackRecord, decode_index, encode_index
 from cargohold.repo.pack import TRAILER_SIZE, PackBuilder, header_length, parse_header
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import Node, Tree
@@ -135,6 +135,8 @@ class Repository:
         self._inflight: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {t: PackBuilder(t) for t in BlobType}
         self._unindexed: list[PackRecord] = []
+        #: Packs no index file lists, from their own headers: for reading only (see locate).
+        self._lost: MasterIndex | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._writes: list[Future[None]] = []
         self._write_slot = threading.Semaphore(1)
@@ -393,8 +395,27 @@ class Repository:
                 self.backend.delete(name)
             raise
 
-    def load_blob(self, btype: BlobType, bid: bytes) -> bytes:
+    def locate(self, bid: bytes) -> Location | None:
+        """Where to read a blob: the index, else a pack no readable index file lists (a
+        damaged or lost index file, leftovers of an interrupted backup), found from the
+        packs' own headers the first time a blob is missing — so a lost index file loses no
+        data. Only for reading: what a backup stores is decided by the index alone, since
+        prune removes packs that no index file lists."""
         loc = self.index.lookup(bid)
+        if loc is not None:
+            return loc
+        with self._lock:
+            lost = self._lost
+        if lost is None:
+            lost = MasterIndex()
+            for rec in self._unindexed_headers():
+                lost.add_pack(rec)
+            with self._lock:
+                self._lost = lost
+        return lost.lookup(bid)
+
+    def load_blob(self, btype: BlobType, bid: bytes) -> bytes:
+        loc = self.locate(bid)
         if loc is None:
             raise IntegrityError(f"{btype.name.lower()} blob {bid.hex()} is not in the index")
         what = f"pack {loc.pack.hex()}"
@@ -613,20 +634,23 @@ class Repository:
     def index_unindexed_packs(self, present: dict[bytes, int] | None = None) -> list[PackRecord]:
         """Add the packs no readable index lists to the in-memory index, from their headers.
 
-        Lets restore and check use the data of packs whose index file is damaged or was
-        never written; unreadable headers are skipped (check reports them). ``present``: the
-        packs and sizes of :meth:`list_packs`, when the caller listed them already.
+        For check, which then reports what uses them; unreadable headers are skipped (check
+        reports them). Readers use :meth:`locate` instead, which leaves the index alone.
+        ``present``: the packs and sizes of :meth:`list_packs`, when the caller listed them.
         """
+        found = self._unindexed_headers(present)
+        with self._lock:
+            for rec in found:
+                self.index.add_pack(rec)
+        return found
+
+    def _unindexed_headers(self, present: dict[bytes, int] | None = None) -> list[PackRecord]:
         found: list[PackRecord] = []
         for pid, size in (present.items() if present is not None else self.list_packs()):
             if self.index.has_pack(pid):
                 continue
             try:
-                rec = self.read_pack_header(pid, size)
+                found.append(self.read_pack_header(pid, size))
             except (IntegrityError, BackendError, UnsupportedFormat):
                 continue
-            found.append(rec)
-        with self._lock:
-            for rec in found:
-                self.index.add_pack(rec)
         return found

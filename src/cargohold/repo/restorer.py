@@ -272,7 +272,7 @@ class Restorer:
         for bid in node.content:
             entry = need.get(bid)
             if entry is None:
-                loc = self.repo.index.lookup(bid)
+                loc = self.repo.locate(bid)
                 if loc is None:
                     self.result.damaged[relname] = f"data blob {bid.hex()} is not in the index"
                     return

@@ -205,10 +205,7 @@ def restore(
     """Restore a snapshot into ``target``; damaged files are listed in the result."""
     with locks_of(repo).shared("restore"):
         snap = find_snapshot(repo, ref, source=source)
-        repo.load_index()
-        # Packs no readable index lists (a damaged or missing index file, or leftovers of an
-        # interrupted backup): use their own headers, so a lost index file loses no data.
-        repo.index_unindexed_packs()
+        repo.load_index()  # a pack no index file lists is found by Repository.locate
         opts = RestoreOptions(include=list(include), progress=progress or NullProgress())
         return snap, Restorer(repo, opts).run(snap, target)
 

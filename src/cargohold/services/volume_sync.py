@@ -370,7 +370,7 @@ def _patch_file(repo: Repository, content: Content, full: str, old: Node, new: N
     or None when a chunk is not in the index (the restorer then deals with it)."""
     sizes: dict[bytes, int] = {}
     for bid in {*old.content, *new.content}:
-        loc = repo.index.lookup(bid)
+        loc = repo.locate(bid)
         if loc is None:
             return None
         sizes[bid] = loc.raw_length
