@@ -47,8 +47,29 @@ def describe(root: Path) -> dict[str, tuple[object, ...]]:
                 link,
                 xattrs,
                 st.st_rdev,
-                st.st_blocks if content else None,
+                data_regions(p) if content and stat.S_ISREG(st.st_mode) else None,
             )
+    return out
+
+
+def data_regions(path: str) -> list[tuple[int, int]]:
+    """Where a file holds data (SEEK_DATA/SEEK_HOLE): its holes must survive a round trip.
+    Not st_blocks, which also counts the file system's own blocks for a fragmented file's
+    extent tree (a file written out of order by two writers can have one more)."""
+    out = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            pos = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, pos))
+    finally:
+        os.close(fd)
     return out
 
 
