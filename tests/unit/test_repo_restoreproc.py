@@ -27,7 +27,7 @@ from cargohold.backends import open_backend
 from cargohold.errors import CargoholdError, RepositoryError
 from cargohold.repo import restoredata
 from cargohold.repo.archiver import Archiver, BackupOptions
-from cargohold.repo.child import fatal_waiting
+from cargohold.repo.child import died
 from cargohold.repo.format import pack_name
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.memory import gc_paused
@@ -177,9 +177,9 @@ def test_a_fatal_report_is_found_after_the_socket_broke() -> None:
     a, b = Connection(ours.detach()), Connection(theirs.detach())
     b.send(("fatal", "UsageError", "bad thing", "do this", "Traceback ..."))
     b.close()
-    err = fatal_waiting(a)
+    err = died(a, "a restore worker")
     assert isinstance(err, CargoholdError) and str(err) == "bad thing — do this"
-    assert fatal_waiting(a) is None
+    assert "a restore worker process died" in str(died(a, "a restore worker"))  # nothing more waiting
     a.close()
 
 

@@ -84,9 +84,10 @@ def child_error(msg: tuple[Any, ...]) -> BaseException:
     return err
 
 
-def fatal_waiting(conn: Connection) -> BaseException | None:
-    """The error a child reported before its socket broke, if it is still unread (a send to
-    a child that failed and exited fails with EPIPE; its ``fatal`` message says why)."""
+def died(conn: Connection, what: str) -> BaseException:
+    """Why the child at the other end of ``conn`` is gone: the error it reported before its
+    socket broke, if that is still unread (a send to a child that failed and exited fails
+    with EPIPE; its ``fatal`` message says why), else that ``what`` died."""
     try:
         while conn.poll(0):
             msg = conn.recv()
@@ -94,7 +95,7 @@ def fatal_waiting(conn: Connection) -> BaseException | None:
                 return child_error(msg)
     except (EOFError, OSError):
         pass
-    return None
+    return WorkerFailed(f"{what} process died", hint="see the system log (out of memory?)")
 
 
 class ChildWork(Protocol):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cargohold.repo.child import WorkerFailed, child_error, fatal_waiting, spawn
+from cargohold.repo.child import WorkerFailed, child_error, died, spawn
 from cargohold.repo.fileread import FileRead
 from cargohold.repo.format import ID_SIZE
 from cargohold.repo.progress import Progress
@@ -205,9 +205,7 @@ class ProcessStore:
                 else:
                     raise WorkerFailed(f"a backup worker sent an unknown message {kind!r}")
         except (EOFError, OSError):
-            reported = fatal_waiting(conn)
-            died = WorkerFailed("a backup worker process died", hint="see the system log (out of memory?)")
-            self._fail(reported or died, p)
+            self._fail(died(conn, "a backup worker"), p)
         except BaseException as err:
             self._fail(err, p)
 

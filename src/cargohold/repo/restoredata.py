@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cargohold.errors import BackendError, IntegrityError
-from cargohold.repo.child import WorkerFailed, child_error, fatal_waiting, spawn
+from cargohold.repo.child import WorkerFailed, child_error, died, spawn
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType, decode_blob, pack_name
 
@@ -94,8 +94,8 @@ class DataWriter:
         self.report = WriteReport()
 
     def write(self, job: Job) -> None:
+        """Carry out one job of :func:`split_jobs` (its blobs in pack order)."""
         pack, blobs = job
-        blobs.sort(key=lambda b: b[1])
         groups: list[list[BlobJob]] = [[blobs[0]]]
         needed = blobs[0][2]
         for b in blobs[1:]:
@@ -197,25 +197,48 @@ def split_jobs(by_pack: dict[bytes, list[BlobJob]]) -> list[Job]:
     return jobs
 
 
+class _Jobs:
+    """The jobs left, taken by every writer in turn; none once one of them failed."""
+
+    def __init__(self) -> None:
+        self._pending: collections.deque[Job] = collections.deque()
+        self._lock = threading.Lock()
+        self.failures: list[BaseException] = []
+
+    def add(self, jobs: list[Job]) -> None:
+        with self._lock:
+            self._pending.extend(jobs)
+
+    def take(self) -> Job | None:
+        with self._lock:
+            return self._pending.popleft() if self._pending and not self.failures else None
+
+    def fail(self, err: BaseException) -> bool:
+        """Record ``err``; True when it is the first failure."""
+        with self._lock:
+            self.failures.append(err)
+            return len(self.failures) == 1
+
+    def write_all(self, writer: DataWriter) -> None:
+        """Take and write jobs until none is left (or one writer failed)."""
+        try:
+            while (job := self.take()) is not None:
+                writer.write(job)
+        finally:
+            writer.close()
+
+
 def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) -> WriteReport:
     """Carry the jobs out with ``n`` threads, each with its own writer."""
-    pending = collections.deque(jobs)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+    todo = _Jobs()
+    todo.add(jobs)
     writers = [make() for _ in range(max(1, min(n, len(jobs))))]
 
     def work(writer: DataWriter) -> None:
         try:
-            while not errors:
-                with lock:
-                    if not pending:
-                        return
-                    job = pending.popleft()
-                writer.write(job)
+            todo.write_all(writer)
         except BaseException as err:
-            errors.append(err)
-        finally:
-            writer.close()
+            todo.fail(err)
 
     threads = [threading.Thread(target=work, args=(w,), name="ch-restore", daemon=True) for w in writers]
     try:
@@ -224,13 +247,13 @@ def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) ->
         for t in threads:
             t.join()
     except BaseException as err:  # interrupted: the writers stop after their current job
-        errors.append(err)
+        todo.fail(err)
         for t in threads:
             if t.ident is not None:
                 t.join()
         raise
-    if errors:
-        raise errors[0]
+    if todo.failures:
+        raise todo.failures[0]
     report = WriteReport()
     for w in writers:
         report.merge(w.report)
@@ -249,9 +272,8 @@ class ProcessWriters:
 
     def __init__(self, setup: dict[str, Any], n: int) -> None:
         self._procs: list[tuple[subprocess.Popen[bytes], Connection]] = []
-        self._lock = threading.Lock()
-        self._failures: list[BaseException] = []
-        self._pending: collections.deque[Job] = collections.deque()
+        self._lock = threading.Lock()  # for the report
+        self._jobs = _Jobs()
         try:
             for _ in range(max(1, n - 1)):
                 self._procs.append(spawn("cargohold.repo.restoreworker", setup))
@@ -269,7 +291,7 @@ class ProcessWriters:
         self._procs = []
 
     def run(self, jobs: list[Job], make: Callable[[], DataWriter], advance: Callable[[int], None]) -> WriteReport:
-        self._pending.extend(jobs)
+        self._jobs.add(jobs)
         report = WriteReport()
         threads = [
             threading.Thread(target=self._serve, args=(c, report, advance), name="ch-restore", daemon=True)
@@ -279,11 +301,7 @@ class ProcessWriters:
             for t in threads:
                 t.start()
             own = make()
-            try:
-                while (job := self._take()) is not None:
-                    own.write(job)
-            finally:
-                own.close()
+            self._jobs.write_all(own)
             for t in threads:
                 t.join()
             with self._lock:
@@ -299,20 +317,16 @@ class ProcessWriters:
                 proc.wait()
                 conn.close()
             self._procs = []
-        if self._failures:
-            raise self._failures[0]
+        if self._jobs.failures:
+            raise self._jobs.failures[0]
         return report
-
-    def _take(self) -> Job | None:
-        with self._lock:
-            return self._pending.popleft() if self._pending and not self._failures else None
 
     def _serve(self, conn: Connection, report: WriteReport, advance: Callable[[int], None]) -> None:
         stopped = False
 
         def feed() -> None:
             nonlocal stopped
-            job = self._take()
+            job = self._jobs.take()
             if job is not None:
                 conn.send(("job", job))
             elif not stopped:
@@ -337,18 +351,12 @@ class ProcessWriters:
                 else:
                     raise WorkerFailed(f"a restore worker sent an unknown message {msg[0]!r}")
         except (EOFError, OSError):
-            reported = fatal_waiting(conn)
-            self._fail(
-                reported or WorkerFailed("a restore worker process died", hint="see the system log (out of memory?)")
-            )
+            self._fail(died(conn, "a restore worker"))
         except BaseException as err:
             self._fail(err)
 
     def _fail(self, err: BaseException) -> None:
-        with self._lock:
-            first = not self._failures
-            self._failures.append(err)
-        if first:
+        if self._jobs.fail(err):
             for proc, _ in self._procs:
                 with contextlib.suppress(OSError):
                     proc.kill()
