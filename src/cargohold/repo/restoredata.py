@@ -7,11 +7,11 @@ that cannot be read damages only the files that need it (:class:`WriteReport`).
 
 Two ways to run the writers: threads in this process (small restores, and repositories
 another process cannot open), or :class:`ProcessWriters` — this process and worker
-processes (:mod:`.restoreworker`; one by default) that take jobs from one list. Python threads share one
-interpreter lock: with two writer threads a restore spent ~8 % of its samples waking the
-other thread and a quarter of the cores idle; processes do not wait for each other. The
-parent writes too (instead of a second worker) because it has nothing else to do by then,
-and a worker costs ~30 MB.
+processes (:mod:`.restoreworker`; one by default) that take jobs from one list. Python
+threads share one interpreter lock: with two writer threads a restore spent ~8 % of its
+samples waking the other thread and a quarter of the cores idle; processes do not wait for
+each other. The parent writes too (instead of a second worker) because it has nothing else
+to do by then, and a worker costs ~30 MB.
 """
 
 from __future__ import annotations
@@ -56,23 +56,21 @@ class WriteReport:
     created: set[bytes] = field(default_factory=set)
     #: Name shown -> why its content is damaged.
     damaged: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
     bytes: int = 0
 
     def merge(self, other: WriteReport) -> None:
         self.created |= other.created
         for rel, why in other.damaged.items():
             self.damaged.setdefault(rel, why)
-        self.warnings.extend(other.warnings)
         self.bytes += other.bytes
 
     def to_message(self) -> tuple[Any, ...]:
-        return ("done", list(self.created), self.damaged, self.warnings, self.bytes)
+        return ("done", list(self.created), self.damaged, self.bytes)
 
     @classmethod
     def from_message(cls, msg: tuple[Any, ...]) -> WriteReport:
-        _, created, damaged, warnings, nbytes = msg
-        return cls(set(created), damaged, warnings, nbytes)
+        _, created, damaged, nbytes = msg
+        return cls(set(created), damaged, nbytes)
 
 
 class DataWriter:

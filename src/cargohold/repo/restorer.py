@@ -319,4 +319,3 @@ class Restorer:
         self._created = report.created
         for rel, why in report.damaged.items():
             self.result.damaged.setdefault(rel, why)
-        self.result.warnings.extend(report.warnings)

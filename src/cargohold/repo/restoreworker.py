@@ -6,7 +6,7 @@ tuples)::
 
     parent -> worker   {"root", "key", ...}            once, first
     parent -> worker   ("job", (pack id, blobs))       a pack's needed blobs and their places
-    worker -> parent   ("done", created, damaged, warnings, bytes)   for every job
+    worker -> parent   ("done", created, damaged, bytes)   for every job
     parent -> worker   ("stop",)                       no more jobs
     worker -> parent   ("bye",)                        its files are closed
     worker -> parent   ("fatal", kind, message, hint, traceback)
