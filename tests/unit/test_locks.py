@@ -168,11 +168,14 @@ def test_stale_by_age_is_ignored_and_removed() -> None:
     m = LockManager(backend, stale_after=1800)
     stale = {i.name: i.stale for i in m.list()}
     assert stale == {"locks/00000000000000aa": True, EXCLUSIVE: True, "locks/00000000000000bb": False}
-    with m.shared("backup"):  # a stale exclusive lock does not block
-        pass
+    with m.shared("backup"):  # a stale exclusive lock does not block; taking a lock expires stale ones
+        assert "locks/00000000000000bb" in lock_names(backend)
+        assert not {"locks/00000000000000aa", EXCLUSIVE} & set(lock_names(backend))
+    fake_lock(backend, EXCLUSIVE, kind="exclusive", age=3600, operation="prune")
     with pytest.raises(RepositoryLocked, match="elsewhere"), m.exclusive("prune"):
         pass  # the fresh foreign shared lock does; the stale exclusive was cleared on the way
     assert EXCLUSIVE not in lock_names(backend)
+    fake_lock(backend, "locks/00000000000000cc", age=3600)
     assert m.remove_stale() == 1
     assert lock_names(backend) == ["locks/00000000000000bb"]
     assert m.break_all() == 1
@@ -340,9 +343,9 @@ def test_sigkilled_holder_does_not_block(tmp_path: Path, kind: str, reap: bool) 
                 time.sleep(0.01)
         (info,) = m.list()
         assert info.stale and info.pid == proc.pid
-        with m.exclusive("prune"):
+        with m.exclusive("prune"):  # expires the dead holder's lock on the way
             pass
-        assert m.remove_stale() == (1 if kind == "shared" else 0)
+        assert m.remove_stale() == 0
         assert lock_names(LocalBackend(root)) == []
     finally:
         proc.kill()
@@ -384,3 +387,112 @@ def test_locks_through_retry_with_transient_faults(kind: str) -> None:
         with getattr(m, kind)("op"):
             assert len(lock_names(inner)) == 1
         assert lock_names(inner) == []
+
+
+# --- stale locks expire when a lock is taken (issue 16, item 5c) -----------------------------
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def local_lock_of_dead_process(backend: MemoryBackend | LocalBackend, name: str, kind: str = "shared") -> int:
+    """A lock as a process of this host killed a moment ago left it (fresh by age)."""
+    pid = dead_pid()
+    fake_lock(backend, name, kind=kind, host=socket.gethostname(), pid=pid)
+    doc = json.loads(backend.load(name))
+    doc["pidns"] = os.readlink("/proc/self/ns/pid")
+    backend.store(name, json.dumps(doc).encode())
+    return pid
+
+
+@pytest.mark.parametrize("kind", ["shared", "exclusive"])
+def test_taking_a_lock_expires_locks_of_dead_processes(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    backend = MemoryBackend()
+    pids = [local_lock_of_dead_process(backend, f"locks/{i:016x}") for i in range(3)]
+    m = LockManager(backend)  # 30 min: stale only because the processes are gone
+    with caplog.at_level("WARNING", logger="cargohold.repo.locks"), getattr(m, kind)("backup"):
+        (mine,) = m.list()
+        assert mine.pid == os.getpid()
+    assert lock_names(backend) == []
+    removed = [r.getMessage() for r in caplog.records if "removed stale" in r.getMessage()]
+    assert len(removed) == 3
+    for pid in pids:  # one line per lock, naming the holder and why it was stale
+        (line,) = [msg for msg in removed if f"pid {pid} " in msg]
+        assert f"process {pid} on this host is gone" in line and "\n" not in line
+
+
+def test_taking_a_lock_expires_locks_not_refreshed_and_keeps_fresh_ones() -> None:
+    backend = MemoryBackend()
+    fake_lock(backend, "locks/00000000000000aa", age=3600)  # another host, not refreshed for an hour
+    fake_lock(backend, EXCLUSIVE, kind="exclusive", age=3600, operation="prune")
+    fake_lock(backend, "locks/00000000000000bb", age=60)  # another host, fresh: may be running
+    fake_lock(backend, "locks/00000000000000cc", host=socket.gethostname(), pid=os.getpid())  # alive here
+    backend.store("locks/00000000000000dd", b"{not json")  # damaged: left to `cargohold unlock`
+    m = LockManager(backend, stale_after=1800)
+    with m.shared("backup"):
+        pass
+    assert lock_names(backend) == ["locks/00000000000000bb", "locks/00000000000000cc", "locks/00000000000000dd"]
+    assert m.remove_stale() == 1  # the damaged one
+    assert lock_names(backend) == ["locks/00000000000000bb", "locks/00000000000000cc"]
+
+
+class RefreshedBetweenReads(MemoryBackend):
+    """A backend where the holder of ``name`` refreshes it right after its first read: the
+    lock looked stale when listed but is fresh by the time it would be deleted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.reads = 0
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = super().load(name, offset, length)
+        if name == self.name:
+            self.reads += 1
+            if self.reads == 1:
+                doc = json.loads(data)
+                doc["refreshed"] = datetime.now(UTC).isoformat()
+                self.store(name, json.dumps(doc).encode())
+        return data
+
+
+def test_expiry_never_deletes_a_lock_refreshed_meanwhile() -> None:
+    backend = RefreshedBetweenReads("locks/00000000000000aa")
+    fake_lock(backend, "locks/00000000000000aa", age=3600)
+    with LockManager(backend, stale_after=1800).shared("backup"):
+        pass
+    assert backend.reads >= 2  # judged stale, then read again before deleting
+    assert lock_names(backend) == ["locks/00000000000000aa"]
+    info = LockManager(backend, stale_after=1800).list()[0]
+    assert not info.stale
+
+
+def test_expiry_failure_does_not_fail_the_acquisition() -> None:
+    inner = MemoryBackend()
+    fake_lock(inner, "locks/00000000000000aa", age=3600)
+    # the first delete is the stale lock's: it fails, the lock is taken all the same
+    m = LockManager(FaultBackend(inner, FaultPlan(fail_at=0, ops=frozenset({"delete"}))), stale_after=1800)
+    with m.shared("backup"):
+        assert len(lock_names(inner)) == 2
+    assert lock_names(inner) == ["locks/00000000000000aa"]  # still stale: the next lock removes it
+    with LockManager(inner, stale_after=1800).shared("backup"):
+        pass
+    assert lock_names(inner) == []
+
+
+def test_cli_says_so_on_stderr_when_it_expires_a_lock(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
+    env.update({"CARGOHOLD_KDF": "fast", "CARGOHOLD_PASSWORD": "pw"})
+    root = tmp_path / "repo"
+    cli = [sys.executable, "-m", "cargohold.cli.app"]
+    subprocess.run([*cli, "init", "--repo", str(root)], check=True, env=env, capture_output=True)
+    pid = local_lock_of_dead_process(LocalBackend(root), "locks/00000000000000aa")
+    done = subprocess.run([*cli, "check", "--repo", str(root)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "lock" in line]
+    assert len(lines) == 1, done.stderr
+    assert f"pid {pid}" in lines[0] and "removed stale" in lines[0] and "is gone" in lines[0]
+    assert lock_names(LocalBackend(root)) == []

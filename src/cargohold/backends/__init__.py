@@ -12,7 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from cargohold.backends.base import Backend, ObjectInfo, check_name
+from cargohold.backends.base import (
+    Backend,
+    HasLeftovers,
+    Leftover,
+    ObjectInfo,
+    Writer,
+    check_name,
+    leftovers_of,
+    remove_leftover,
+)
 from cargohold.backends.local import LocalBackend
 from cargohold.backends.memory import MemoryBackend, named_memory_backend
 from cargohold.errors import UsageError
@@ -20,13 +29,18 @@ from cargohold.errors import UsageError
 __all__ = [
     "Backend",
     "BackendFactory",
+    "HasLeftovers",
+    "Leftover",
     "LocalBackend",
     "MemoryBackend",
     "ObjectInfo",
+    "Writer",
     "check_name",
+    "leftovers_of",
     "open_backend",
     "register_scheme",
     "registered_schemes",
+    "remove_leftover",
 ]
 
 #: Builds a backend from the full URL of its scheme.

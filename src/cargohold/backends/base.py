@@ -11,6 +11,15 @@ The interface is deliberately small so it fits local disk, SFTP and S3 alike:
 Backends raise only :class:`cargohold.errors.BackendError` subclasses:
 ``ObjectNotFound``, ``ObjectExists``, ``BackendIOError`` (``transient=True`` when a
 retry may help).
+
+Besides objects, a store may hold **leftovers**: what an interrupted write left that is
+no object (a local temporary file, an incomplete S3 multipart upload, a partial SFTP
+upload). The :class:`Backend` protocol knows nothing of them; a backend that can have
+some also implements :class:`HasLeftovers` (list them, remove one), and
+:func:`leftovers_of` gives none for the others. Whether a leftover may be removed (is
+its writer gone?) is decided above the backend, from what it says of the writer
+(:class:`Writer`), its age and the repository's locks
+(:mod:`cargohold.backends.leftovers`).
 """
 
 from __future__ import annotations
@@ -80,3 +89,66 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# --- leftovers of interrupted writes ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who wrote a leftover, as far as its backend recorded it.
+
+    ``host`` and ``pidns`` are digests of the writer's host name and PID namespace
+    (:func:`cargohold.backends.leftovers.host_digest`), so a name can carry them
+    without revealing them; ``start`` is the process start time in clock ticks since
+    boot (None when unknown), so a reused pid is not taken for the writer.
+    """
+
+    host: str
+    pidns: str
+    pid: int
+    start: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """Something an interrupted write left in a store that is no object."""
+
+    #: The backend's handle for it, unique in the store (a relative path for files).
+    name: str
+    size: int
+    #: Last modification (or initiation), seconds since the epoch, by the store's clock.
+    modified: float
+    #: Who wrote it, when the backend knows; None when it does not.
+    writer: Writer | None = None
+    #: What it is, for messages: "temporary file", "multipart upload", ...
+    kind: str = "temporary file"
+
+
+@runtime_checkable
+class HasLeftovers(Protocol):
+    """The optional capability of a backend that can hold leftovers."""
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """Every leftover in the store (any order). Objects are never listed."""
+        ...
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        """Remove a leftover found by :meth:`leftovers`; False when it is gone already or
+        changed since it was listed (modified, grown: then it is left alone). Never
+        removes an object, whatever ``leftover.name`` says."""
+        ...
+
+
+def leftovers_of(backend: Backend) -> list[Leftover]:
+    """The leftovers of ``backend``, sorted by name; none for a backend without them."""
+    if not isinstance(backend, HasLeftovers):
+        return []
+    return sorted(backend.leftovers(), key=lambda lo: lo.name)
+
+
+def remove_leftover(backend: Backend, leftover: Leftover) -> bool:
+    """Remove one leftover of ``backend`` (False if it cannot have any, or it changed)."""
+    if not isinstance(backend, HasLeftovers):
+        return False
+    return backend.remove_leftover(leftover)

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from cargohold.backends.base import Backend, ObjectInfo
+from cargohold.backends.base import Backend, Leftover, ObjectInfo, leftovers_of, remove_leftover
 from cargohold.errors import BackendIOError
 
 T = TypeVar("T")
 
-ALL_OPS = frozenset({"load", "store", "create", "delete", "list", "stat"})
-WRITE_OPS = frozenset({"store", "create", "delete"})
+ALL_OPS = frozenset({"load", "store", "create", "delete", "list", "stat", "leftovers", "remove_leftover"})
+WRITE_OPS = frozenset({"store", "create", "delete", "remove_leftover"})
 
 
 class FaultCrash(BaseException):  # a simulated death, not an error
@@ -135,6 +135,12 @@ class FaultBackend:
 
     def stat(self, name: str) -> ObjectInfo:
         return self._run("stat", name, lambda: self.inner.stat(name))
+
+    def leftovers(self) -> Iterator[Leftover]:
+        return iter(self._run("leftovers", "", lambda: leftovers_of(self.inner)))
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        return self._run("remove_leftover", leftover.name, lambda: remove_leftover(self.inner, leftover))
 
     def close(self) -> None:
         self.inner.close()

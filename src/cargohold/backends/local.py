@@ -4,7 +4,11 @@ Durability: an object is written to a temporary file in its final directory, fsy
 renamed over the final name and then the directory is fsync'd, so after ``store``
 returns the object survives a power loss and a reader never sees a partial object.
 Temporary names contain ``~``, which no valid object name may contain, so ``list``
-never shows them; leftovers of a crash are ignored and may be removed at any time.
+never shows them. Each names its writer (pid, process start time, digests of the host
+name and PID namespace: :func:`cargohold.backends.leftovers.writer_tag`), so that the
+leftovers of a killed writer can be told from the files of a running one:
+:meth:`LocalBackend.leftovers` lists them, :meth:`LocalBackend.remove_leftover`
+removes one (``cargohold prune`` does, for writers that are surely gone).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from stat import S_ISREG
 
-from cargohold.backends.base import ObjectInfo, check_name
+from cargohold.backends.base import Leftover, ObjectInfo, check_name
+from cargohold.backends.leftovers import legacy_pid, parse_writer_tag, this_writer, writer_tag
 from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
 
 _TMP_MARK = "~tmp~"
@@ -108,7 +113,7 @@ class LocalBackend:
     def _write_temp(self, path: Path, data: bytes | memoryview) -> Path:
         """Write ``data`` to a new fsync'd temporary file next to ``path``."""
         self._ensure_dir(path.parent)
-        tmp = path.parent / f".{path.name}{_TMP_MARK}{secrets.token_hex(6)}"
+        tmp = path.parent / f".{path.name}{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, data)
@@ -129,8 +134,9 @@ class LocalBackend:
         directory = self.root / check_name(folder)
         try:
             self._ensure_dir(directory)
-            # the pid lets the process that started a killed writer remove what it left
-            tmp = directory / f".staged{_TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
+            # The tag starts with the pid, so the process that started a killed writer can
+            # remove what it left (`.staged~tmp~PID-*`); the rest lets prune judge it later.
+            tmp = directory / f".staged{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as err:
             raise _write_error(err, folder, self.url) from err
@@ -282,6 +288,62 @@ class LocalBackend:
 
     def close(self) -> None:
         return None
+
+    # --- leftovers (HasLeftovers) ------------------------------------------------
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """Temporary files anywhere under the root: of interrupted writes, or of running ones
+        (the caller judges which by :attr:`Leftover.writer` and age)."""
+        yield from self._walk_leftovers(self.root, "", set())
+
+    def _walk_leftovers(self, directory: Path, rel: str, seen: set[tuple[int, int]]) -> Iterator[Leftover]:
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            if err.errno in _NOT_FOUND:
+                return
+            raise translate_oserror(err, f"directory {rel or '.'!r} in {self.url}") from err
+        for entry in entries:
+            try:
+                if _TMP_MARK not in entry.name:
+                    if entry.is_dir():
+                        yield from self._walk_leftovers(Path(entry.path), rel + entry.name + "/", seen)
+                    continue
+                if entry.is_symlink() or not entry.is_file():
+                    continue
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # committed or removed while we listed
+            except OSError as err:
+                raise translate_oserror(err, f"file {rel + entry.name!r} in {self.url}") from err
+            tag = entry.name.rsplit(_TMP_MARK, 1)[1]
+            writer = parse_writer_tag(tag)
+            kind = "temporary file"
+            if writer is None and legacy_pid(tag) is not None:
+                kind = f"temporary file of pid {legacy_pid(tag)} (host not recorded)"
+            yield Leftover(rel + entry.name, est.st_size, est.st_mtime, writer, kind)
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        """Unlink the temporary file, unless it changed since it was listed."""
+        parts = leftover.name.split("/")
+        if _TMP_MARK not in parts[-1] or any(p in ("", ".", "..") or _TMP_MARK in p for p in parts[:-1]):
+            raise UsageError(f"{leftover.name!r} is no temporary file of {self.url}")
+        path = self.root.joinpath(*parts)
+        try:
+            st = os.lstat(path)
+            if not S_ISREG(st.st_mode) or st.st_size != leftover.size or st.st_mtime != leftover.modified:
+                return False
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise translate_oserror(err, f"file {leftover.name!r} in {self.url}") from err
+        return True
 
 
 class StagedObject:

@@ -6,7 +6,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 
-from cargohold.backends.base import ObjectInfo, check_name
+from cargohold.backends.base import Leftover, ObjectInfo, check_name
 from cargohold.errors import ObjectExists, ObjectNotFound, UsageError
 
 _anon = itertools.count(1)
@@ -70,6 +70,14 @@ class MemoryBackend:
 
     def close(self) -> None:
         return None
+
+    # An object is whole or absent here: no write leaves anything behind.
+
+    def leftovers(self) -> Iterator[Leftover]:
+        return iter(())
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        return False
 
 
 _named: dict[str, MemoryBackend] = {}

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from cargohold.backends.base import Backend, ObjectInfo
+from cargohold.backends.base import Backend, Leftover, ObjectInfo, leftovers_of, remove_leftover
 from cargohold.errors import BackendIOError, ObjectExists, ObjectNotFound
 
 T = TypeVar("T")
@@ -106,6 +106,14 @@ class RetryBackend:
 
     def stat(self, name: str) -> ObjectInfo:
         return self._call(lambda: self.inner.stat(name))
+
+    def leftovers(self) -> Iterator[Leftover]:
+        # Listed (and retried) as a whole, like ``list``; none when ``inner`` has none.
+        yield from self._call(lambda: leftovers_of(self.inner))
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        # A retry after a lost answer finds it gone: False, "not removed by this call".
+        return self._call(lambda: remove_leftover(self.inner, leftover))
 
     def close(self) -> None:
         self.inner.close()

@@ -14,8 +14,11 @@ processes racing, at least one sees the other: never both proceed.
 A held lock is refreshed by a daemon thread every ``stale_after / 3`` seconds. A lock
 is **stale** when it was not refreshed for ``stale_after`` seconds, or when its holder
 ran on this host (same host name and PID namespace) and that process is gone. Stale
-locks are ignored; ``remove_stale`` deletes them, so a crashed holder never blocks
-anyone for longer than ``stale_after``.
+locks are ignored, so a crashed holder never blocks anyone for longer than
+``stale_after``; taking a lock deletes the stale ones it finds (as restic does, so the
+locks of killed processes do not pile up) and says so through this module's logger
+(``cargohold.repo.locks``, level WARNING: one line on stderr in the CLI); ``remove_stale``
+deletes them too, damaged ones included.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cargohold.backends.base import Backend
+from cargohold.backends.base import Backend, Leftover
+from cargohold.backends.leftovers import Verdict, judge, pid_namespace
 from cargohold.errors import BackendError, ObjectExists, ObjectNotFound, RepositoryLocked, UsageError
 from cargohold.procinfo import current_user, my_start, process_gone
 
@@ -67,6 +71,8 @@ class LockInfo:
     stale: bool
     #: Why the object could not be read ("" when it could); damaged locks count as stale.
     damaged: str = ""
+    #: Why it is stale ("" when it is not).
+    why_stale: str = ""
 
     def describe(self) -> str:
         if self.damaged:
@@ -88,13 +94,6 @@ def _human(seconds: float) -> str:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
 
 
 @dataclass
@@ -132,7 +131,7 @@ class LockManager:
         self.poll = poll
         self._clock = clock
         self._host = socket.gethostname()
-        self._pidns = _pid_namespace()
+        self._pidns = pid_namespace()
         self._held: dict[str, _Held] = {}
         self._mutex = threading.Lock()
 
@@ -252,12 +251,17 @@ class LockManager:
                 stale=False,
             )
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-            return LockInfo(name, "?", "?", "?", 0, "?", None, None, 0.0, stale=True, damaged=str(err))
-        stale = info.age > self.stale_after
-        if not stale and info.host == self._host and doc.get("pidns", "") == self._pidns:
+            return LockInfo(
+                name, "?", "?", "?", 0, "?", None, None, 0.0, stale=True, damaged=str(err), why_stale="damaged"
+            )
+        if info.age > self.stale_after:
+            why = f"not refreshed within {_human(self.stale_after)}"
+            return dataclasses.replace(info, stale=True, why_stale=why)
+        if info.host == self._host and doc.get("pidns", "") == self._pidns:
             start = doc.get("pid_start")
-            stale = process_gone(info.pid, start if isinstance(start, int) else None)
-        return dataclasses.replace(info, stale=stale)
+            if process_gone(info.pid, start if isinstance(start, int) else None):
+                return dataclasses.replace(info, stale=True, why_stale=f"process {info.pid} on this host is gone")
+        return info
 
     def _token_of(self, raw: bytes) -> str | None:
         try:
@@ -280,8 +284,36 @@ class LockManager:
             self.backend.delete(info.name)
         except ObjectNotFound:
             return False
-        log.warning("removed stale %s", info.describe())
+        if info.damaged:
+            log.warning("removed %s", info.describe())
+        else:
+            log.warning("removed stale %s (%s)", info.describe(), info.why_stale)
         return True
+
+    def _expire_stale(self) -> None:
+        """Delete the stale locks of others before taking one, so the locks of killed
+        processes do not pile up. Damaged locks are left to ``cargohold unlock`` (one written
+        by a newer cargohold may only look damaged). Best effort: a failure here is logged
+        and the acquisition goes on (stale locks are ignored anyway)."""
+        own = self._own_names()
+        try:
+            for info in self.list():
+                if info.stale and not info.damaged and info.name not in own:
+                    self._delete_if_unchanged(info)
+        except BackendError as err:
+            log.warning("could not remove stale locks: %s", err)
+
+    def others_fresh(self) -> builtins.list[LockInfo]:
+        """The fresh locks of other holders than this manager (other processes, other hosts)."""
+        own = self._own_names()
+        return [i for i in self.list() if not i.stale and i.name not in own]
+
+    def judge_leftovers(self, leftovers: Iterable[Leftover]) -> builtins.list[Verdict]:
+        """Which leftovers of interrupted writes are surely abandoned (see
+        :mod:`cargohold.backends.leftovers`): judged against the fresh locks of others
+        and this manager's staleness bound."""
+        busy = {i.host for i in self.others_fresh()}
+        return judge(leftovers, busy_hosts=busy, stale_after=self.stale_after, now=self._clock())
 
     # --- acquiring -------------------------------------------------------------
 
@@ -320,6 +352,7 @@ class LockManager:
 
     def _acquire_shared(self, operation: str) -> _Held:
         deadline = time.monotonic() + self.wait
+        self._expire_stale()
         while True:
             holder = self._fresh_exclusive()
             if holder is None:
@@ -342,6 +375,7 @@ class LockManager:
         if EXCLUSIVE in self._own_names():
             raise UsageError("this process holds the exclusive lock already")
         deadline = time.monotonic() + self.wait
+        self._expire_stale()
         while True:
             token = secrets.token_hex(8)
             doc = self._new_doc(EXCLUSIVE_KIND, operation, token)
