@@ -24,7 +24,8 @@ maps errors to exit codes (``cargohold.cli.exit_codes``), only ever sees this tr
     │   ├── WrongPassword
     │   ├── RepositoryLocked
     │   ├── IntegrityError          damaged data found while reading
-    │   └── SnapshotNotFound / AmbiguousSnapshot
+    │   ├── SnapshotNotFound / AmbiguousSnapshot
+    │   └── RestoreConflict         a restore target is (in, around) the snapshot's live source
     ├── ConsistencyError            hooks, stop/pause, dumps (later issues)
     └── TestbedError                the engine/image test bed
 
@@ -175,6 +176,12 @@ class SnapshotNotFound(RepositoryError):
 
 class AmbiguousSnapshot(RepositoryError):
     default_hint = "give more characters of the snapshot id"
+
+
+class RestoreConflict(RepositoryError):
+    """A restore would write over, into or around the live source the snapshot was taken of."""
+
+    default_hint = "give --force to restore over the source, or restore into another --target"
 
 
 # --- consistency / test bed --------------------------------------------------------

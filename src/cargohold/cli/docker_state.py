@@ -61,6 +61,8 @@ def _result_json(r: SourceResult) -> dict[str, Any]:
         "downtime_seconds": {k: round(v, 3) for k, v in r.downtime.items()},
         "dumps": [d.to_json() for d in r.dumps],
         "warnings": r.warnings,
+        "changed_while_read": r.result.changed if r.result is not None else [],
+        "excluded": r.result.excluded if r.result is not None else [],
         "error": r.error,
         "seconds": round(r.seconds, 3),
     }

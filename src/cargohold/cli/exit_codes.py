@@ -43,6 +43,7 @@ _TABLE: dict[type[e.CargoholdError], int] = {
     e.IntegrityError: INTEGRITY,
     e.SnapshotNotFound: NOT_FOUND,
     e.AmbiguousSnapshot: USAGE,
+    e.RestoreConflict: CONFLICT,
     e.RepositoryError: REPOSITORY,
     e.ConsistencyError: CONSISTENCY,
     e.TestbedError: TESTBED,

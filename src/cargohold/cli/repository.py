@@ -156,6 +156,8 @@ def backup(
                 "skipped": res.skipped,
                 "parent": res.parent,
                 "warnings": res.warnings,
+                "changed_while_read": res.changed,
+                "excluded": res.excluded,
                 "stats": {
                     "files": st.files,
                     "bytes": st.bytes,
@@ -274,7 +276,12 @@ def restore(
     ] = None,
     path: Annotated[str | None, typer.Option("--path", help="With --to: only this path of the snapshot.")] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="With --to: replace a non-empty volume (after a safety snapshot).")
+        bool,
+        typer.Option(
+            "--force",
+            help="With --to: replace a non-empty volume (after a safety snapshot). With --target: restore "
+            "over, into or around the snapshot's own live source directory.",
+        ),
     ] = False,
     restart_containers: Annotated[
         bool, typer.Option("--restart-containers", help="With --to: stop and restart containers using the volume.")
@@ -333,7 +340,7 @@ def restore(
     assert target is not None
     with open_repo(repo, password_file) as r:
         snap, res = svc.restore(
-            r, snapshot, target, include=include or [], source=source, progress=progress_for(progress)
+            r, snapshot, target, include=include or [], source=source, force=force, progress=progress_for(progress)
         )
     for w in res.warnings:
         note(f"warning: {w}")

@@ -74,6 +74,11 @@ class BackupResult:
     parent: str | None
     skipped: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: Files that changed while they were read (each also has a warning), sorted.
+    changed: list[str] = field(default_factory=list)
+    #: Directories left out of the snapshot: the repository itself, when the backed-up
+    #: directory contains it (each also has a warning).
+    excluded: list[str] = field(default_factory=list)
 
 
 #: Chunks are handed from the file readers to the blob workers in batches of about this size.
@@ -136,6 +141,11 @@ class Archiver:
         self.opts = options or BackupOptions()
         self.stats = SnapshotStats()
         self.warnings: list[str] = []
+        self.changed: list[str] = []
+        self.excluded: list[str] = []
+        #: (device, inode) of the repository's directory, when it is a local one: never
+        #: backed up into itself (it would grow with every run).
+        self._repo_dir = _local_repository_dir(repo)
         self._budget = _Budget(self.opts.max_inflight)
         self._error: BaseException | None = None
         #: Whether anything but access times differs from the parent snapshot.
@@ -186,6 +196,8 @@ class Archiver:
     def _build(self, path: str | os.PathLike[str]) -> tuple[bytes, Node, bytes]:
         """Walk and store the directory; return its path, root node and tree id."""
         root = os.fsencode(os.path.abspath(path))
+        if os.path.islink(root):  # entries are opened without following a last symlink: not the root's
+            root = os.path.realpath(root)
         try:
             st = os.stat(root)
         except OSError as err:
@@ -242,7 +254,16 @@ class Archiver:
             and parent.root is not None
             and _comparable(parent.root) == _comparable(root_node)
         ):
-            return BackupResult(None, tree_id, stats, parent.id, skipped=True, warnings=self.warnings)
+            return BackupResult(
+                None,
+                tree_id,
+                stats,
+                parent.id,
+                skipped=True,
+                warnings=self.warnings,
+                changed=sorted(self.changed),
+                excluded=self.excluded,
+            )
         snap = Snapshot(
             tree=tree_id,
             time=datetime.now(UTC),
@@ -258,7 +279,15 @@ class Archiver:
             extra_trees=dict(self.opts.extra_trees),
         )
         self.repo.save_snapshot(snap)
-        return BackupResult(snap, tree_id, stats, snap.parent, warnings=self.warnings)
+        return BackupResult(
+            snap,
+            tree_id,
+            stats,
+            snap.parent,
+            warnings=self.warnings,
+            changed=sorted(self.changed),
+            excluded=self.excluded,
+        )
 
     # --- the walk -------------------------------------------------------------------
 
@@ -309,6 +338,13 @@ class Archiver:
             if node is None:
                 continue
             if node.type == DIR:
+                if self._repo_dir is not None and (node.device, node.inode) == self._repo_dir:
+                    self.excluded.append(os.fsdecode(full))
+                    self._warn(
+                        f"{os.fsdecode(full)}: the repository itself, excluded from the snapshot "
+                        "(keep the repository outside what you back up)"
+                    )
+                    continue
                 sub = sub_id = None
                 if prev is not None and prev.type == DIR and prev.subtree is not None:
                     sub_id = prev.subtree
@@ -400,7 +436,7 @@ class Archiver:
             if self._shareable:
                 self._procs = ProcessStore(self.repo, self.opts.workers, self.opts.progress, self._fail, self._setup)
         if self._procs is not None:
-            return self._procs.submit(path, node.size, previous, lambda r: self._apply(node, r))
+            return self._procs.submit(path, node.size, previous, lambda r: self._apply(path, node, r))
         self._threaded_bytes += node.size
         assert self._file_pool is not None
         return self._file_pool.submit(self._read_file, path, node, previous)
@@ -433,14 +469,17 @@ class Archiver:
         except BaseException as err:  # a bug or a backend error: stop the whole backup
             self._fail(err)
             return False
-        ok = self._apply(node, result)
+        ok = self._apply(path, node, result)
         self.opts.progress.advance(0, 1)
         return ok
 
-    def _apply(self, node: Node, result: FileRead) -> bool:
+    def _apply(self, path: bytes, node: Node, result: FileRead) -> bool:
         """Put a file's stored content into its node; False when it is left out (warned)."""
         if result.warning is not None:
             self._warn(result.warning)
+        if result.changed:
+            with self._stats_lock:
+                self.changed.append(os.fsdecode(path))
         if not result.ok:
             return False
         node.size = result.size
@@ -521,6 +560,22 @@ def _comparable(node: Node) -> dict[str, object]:
     d.pop("atime_ns", None)
     d.pop("subtree", None)
     return d
+
+
+def _local_repository_dir(repo: Repository) -> tuple[int, int] | None:
+    """(device, inode) of the directory of a repository on this file system, else None."""
+    from cargohold.backends.local import LocalBackend
+
+    backend: object = repo.backend
+    while not isinstance(backend, LocalBackend):
+        backend = getattr(backend, "inner", None)  # through wrappers (retries, faults)
+        if backend is None:
+            return None
+    try:
+        st = os.stat(backend.root)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _list_dir(path: bytes) -> list[bytes]:

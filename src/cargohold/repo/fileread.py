@@ -33,6 +33,9 @@ class FileRead:
     extents: list[tuple[int, int]] | None = None
     method: str = ""
     warning: str | None = None
+    #: The file changed while it was read (size, modification or change time differ before
+    #: and after): what is stored is what was read, which may mix old and new data.
+    changed: bool = False
 
 
 class Compressibility:
@@ -95,13 +98,30 @@ def read_file(path: bytes, previous_chunking: str | None, params: ChunkerParams,
         if stored is None:
             return FileRead(False)
         content, total = stored
-        warning = None
+        after = os.fstat(fd)  # one more fstat per file: cheap beside the read it checks
+        changed = (
+            after.st_size != st.st_size
+            or after.st_mtime_ns != st.st_mtime_ns
+            or after.st_ctime_ns != st.st_ctime_ns
+            or (extents is None and total != size)
+        )
+        warning = _changed_warning(shown, st, after, total) if changed else None
         if extents is None:
-            if total != size:
-                warning = f"{shown}: changed size while reading"
             size = total
-        return FileRead(True, content, size, extents, method, warning)
+        return FileRead(True, content, size, extents, method, warning, changed)
     except OSError as err:
         return FileRead(False, warning=f"{shown}: read error: {err.strerror}")
     finally:
         os.close(fd)
+
+
+def _changed_warning(shown: str, before: os.stat_result, after: os.stat_result, total: int) -> str:
+    if after.st_size != before.st_size:
+        detail = f" (size {before.st_size} -> {after.st_size} bytes)"
+    elif after.st_mtime_ns != before.st_mtime_ns:
+        detail = " (modified)"
+    elif after.st_ctime_ns != before.st_ctime_ns:
+        detail = " (metadata changed)"
+    else:
+        detail = ""
+    return f"{shown}: changed while it was read{detail}; the snapshot holds the {total} bytes read"

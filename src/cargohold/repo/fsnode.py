@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
@@ -98,3 +99,33 @@ def apply_metadata(path: bytes, node: Node, *, owners: bool) -> list[str]:
     except OSError as err:
         warnings.append(f"{os.fsdecode(path)}: cannot set times: {err.strerror}")
     return warnings
+
+
+#: Longest path a unix socket can be bound at (``sun_path`` is 108 bytes with its NUL).
+SUN_PATH_MAX = 107
+
+
+def make_socket(path: bytes) -> None:
+    """A unix socket file at ``path``, like one a server leaves: bound, then closed (nothing
+    listens; the server that owns it rebinds it when it starts). Paths longer than
+    ``sun_path`` holds are bound under a short name in the same directory, reached through
+    ``/proc/self/fd`` (no ``chdir``: the restore has threads), then linked into place. An
+    existing entry at ``path`` is never replaced (``OSError``, as for any other failure)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if len(path) <= SUN_PATH_MAX:
+            sock.bind(path)
+            return
+        parent, _, name = path.rpartition(b"/")
+        dirfd = os.open(parent or b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            tmp = b".cargohold-socket-%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
+            sock.bind(b"/proc/self/fd/%d/%s" % (dirfd, tmp))
+            try:
+                os.link(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)  # unlike rename, never replaces
+            finally:
+                os.unlink(tmp, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
+    finally:
+        sock.close()

@@ -1,8 +1,8 @@
 """Restore a snapshot (or parts of it) into a directory, byte-exactly.
 
-1. Walk the snapshot's trees: create directories, symlinks, FIFOs, devices, hard
-   links and empty files of the right size (holes of sparse files stay holes: only
-   data regions are written).
+1. Walk the snapshot's trees: create directories, symlinks, FIFOs, devices, unix
+   sockets (bound and closed, as their servers leave them), hard links and empty files
+   of the right size (holes of sparse files stay holes: only data regions are written).
 2. Plan by pack: every needed blob is read once per pack (one ranged read covering the
    blobs when they are dense, else one read per blob), decrypted, decompressed and
    written with ``pwrite`` to every place that needs it (:mod:`.restoredata`) — by
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from cargohold.errors import BackendError, IntegrityError, UsageError
 from cargohold.repo.child import WorkerFailed
-from cargohold.repo.fsnode import apply_metadata
+from cargohold.repo.fsnode import apply_metadata, make_socket
 from cargohold.repo.index import Location
 from cargohold.repo.memory import gc_paused, tune_allocator
 from cargohold.repo.progress import NullProgress, Progress
@@ -261,7 +261,11 @@ class Restorer:
                 self.result.warnings.append(f"{relname}: device nodes need root, skipped")
                 return
         elif node.type == SOCKET:
-            return  # sockets are recreated by the programs that listen on them
+            try:
+                make_socket(path)
+            except OSError as err:
+                self.result.warnings.append(f"{relname}: socket not recreated: {err.strerror or err}")
+                return
         self.result.others += 1
         self._files.append((path, node))
 

@@ -15,14 +15,14 @@ import tarfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cargohold.errors import IntegrityError, UsageError
 from cargohold.repo.format import BlobType
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import split_path
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
 BLOCK = tarfile.BLOCKSIZE
 _TYPES = {
@@ -44,6 +44,12 @@ class TarStats:
     others: int = 0
     bytes: int = 0
     skipped: int = 0
+    #: Entries the tar could not carry (unix sockets): (name in the tar, why).
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+
+    def warnings(self, prefix: str) -> list[str]:
+        """One warning per entry left out, named by its path in the snapshot."""
+        return [f"{name.removeprefix(prefix).lstrip('/') or '/'}: {why}" for name, why in self.left_out]
 
 
 def tar_header(node: Node, path: str) -> tarfile.TarInfo:
@@ -171,8 +177,12 @@ def walk_tree(
             continue
         rest = wanted[1:]
         name = f"{path}/{os.fsdecode(node.name)}"
-        if node.type not in _TYPES:  # sockets cannot be archived; they are recreated by their server
+        if node.type not in _TYPES:  # a tar cannot hold a socket: said per file, never silently
             stats.skipped += 1
+            kind = "a unix socket" if node.type == SOCKET else f"a {node.type}"
+            stats.left_out.append(
+                (name, f"{kind}, not restored: a tar cannot carry it (its server recreates it when it starts)")
+            )
             continue
         if node.type == FILE and node.links > 1 and node.inode:
             key = (node.device, node.inode)

@@ -7,7 +7,8 @@
   original order when ``restart_containers`` is given (the intent journal guarantees it even
   if cargohold is killed); otherwise the restore refuses while one of them runs.
 * Data is written directly into the mountpoint when the engine is local and it is writable,
-  otherwise as a tar through the Engine archive API into a never-started helper container.
+  otherwise as a tar through the Engine archive API into a never-started helper container
+  (a tar cannot carry unix sockets: each one left out is named in a warning).
 * ``from_dump``: instead of the files, the snapshot's application dump is loaded into the
   volume by a fresh container of the recorded image (:mod:`cargohold.services.dump_restore`);
   SQLite copies replace the database files of the restored files. A failed load removes a
@@ -250,9 +251,11 @@ def restore_volume(
                 with helper_container(docker, [mount], purpose=f"restore {volume.name}") as cid:
                     # Entries named "volume/…" extracted at "/": the engine applies the root entry's
                     # owner and mode to the mount point (it ignores a "." entry).
-                    tar = snapshot_tar(repo, snapshot, prefix=HELPER_MOUNT.lstrip("/"), include=req.path, stats=stats)
+                    prefix = HELPER_MOUNT.lstrip("/")
+                    tar = snapshot_tar(repo, snapshot, prefix=prefix, include=req.path, stats=stats)
                     docker.put_archive(cid, "/", tar)
                 report.files, report.bytes = stats.files, stats.bytes
+                report.warnings += stats.warnings(prefix)
             if dump_plan is not None and dump_plan.kind is DumpKind.SQLITE:
                 report.dump = _load(repo, docker, dump_plan, volume, report)
     report.downtime = dict(window.downtime)

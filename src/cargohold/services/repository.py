@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import stat
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from cargohold.backends import open_backend
 from cargohold.errors import (
@@ -20,6 +23,7 @@ from cargohold.errors import (
     BackendError,
     IntegrityError,
     ObjectNotFound,
+    RestoreConflict,
     SnapshotNotFound,
     UnsupportedFormat,
     UsageError,
@@ -66,6 +70,7 @@ __all__ = [
     "rebuild_index",
     "resolve_repo_url",
     "restore",
+    "restore_overlap",
     "snapshots",
     "stats",
     "unlock",
@@ -178,8 +183,17 @@ def backup(
     skip_if_unchanged: bool = False,
     progress: Progress | None = None,
 ) -> BackupResult:
-    """Back up a directory; the parent is the newest snapshot of the same source."""
+    """Back up a directory; the parent is the newest snapshot of the same source.
+
+    A repository inside the directory is left out of the snapshot (with a warning; see
+    :attr:`BackupResult.excluded`); a directory inside the repository is refused.
+    """
     src = source or Source("path", os.path.abspath(os.fspath(path)))
+    root = getattr(repo.backend, "root", None)
+    if root is not None and _within(os.path.realpath(os.fspath(path)), os.path.realpath(root)):
+        raise UsageError(
+            f"{os.fspath(path)} is inside the repository {root}: a repository is not backed up into itself"
+        )
     with locks_of(repo).shared(f"backup {src.name}"):
         parent = parents_then_index(repo).get((src.kind, src.name))
         opts = BackupOptions(
@@ -200,14 +214,150 @@ def restore(
     *,
     include: Sequence[str] = (),
     source: str | None = None,
+    force: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Snapshot, RestoreResult]:
-    """Restore a snapshot into ``target``; damaged files are listed in the result."""
+    """Restore a snapshot into ``target``; damaged files are listed in the result.
+
+    Refuses (:class:`RestoreConflict`, before anything is written) a target that would put
+    the snapshot over, into or around its own live source on this host (see
+    :func:`restore_overlap`), unless ``force``.
+    """
     with locks_of(repo).shared("restore"):
         snap = find_snapshot(repo, ref, source=source)
         repo.load_index()  # a pack no index file lists is found by Repository.locate
+        if not force:
+            overlap = restore_overlap(repo, snap, target, include=include)
+            if overlap is not None and overlap.refused:
+                raise RestoreConflict(overlap.message(snap))
         opts = RestoreOptions(include=list(include), progress=progress or NullProgress())
         return snap, Restorer(repo, opts).run(snap, target)
+
+
+# --- restoring over the live source ----------------------------------------------------
+
+SAME, INSIDE, CONTAINS = "same", "inside", "contains"
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How a restore target relates to the live source of the snapshot restored into it."""
+
+    kind: str  # SAME: the source itself; INSIDE: a directory in it; CONTAINS: a directory around it
+    source: str  # the source directory, resolved
+    target: str  # the target, resolved
+    #: Existing files (entries of any type but a directory the snapshot also has as one)
+    #: the restore would replace, those inside a directory it would replace included.
+    replaced: int
+
+    @property
+    def refused(self) -> bool:
+        """Restoring onto the source replaces nothing when it is gone or holds none of the
+        snapshot's files (the recovery the snapshot is for); writing into the live tree, or
+        around it, always mixes the snapshot into it."""
+        return self.kind != SAME or self.replaced > 0
+
+    def message(self, snap: Snapshot) -> str:
+        what = f"snapshot {snap.short_id} of {_ago(snap.time)}"
+        n = f"{self.replaced} file{'' if self.replaced == 1 else 's'}"
+        if self.kind == SAME:
+            return f"{n} of {self.source} would be overwritten by {what}"
+        where = "inside" if self.kind == INSIDE else "around"
+        return (
+            f"--target {self.target} is {where} {self.source}, the live source of {what}: the restore "
+            f"would write into the live tree ({n} of it overwritten)"
+        )
+
+
+def _ago(when: datetime) -> str:
+    secs = max(0, int((datetime.now(UTC) - when).total_seconds()))
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if secs >= size:
+            n = secs // size
+            return f"{n} {unit}{'' if n == 1 else 's'} ago"
+    return "just now"
+
+
+def live_source(snap: Snapshot) -> str | None:
+    """The directory on this host the snapshot was read from, if it was read from one here."""
+    if snap.hostname and snap.hostname != socket.gethostname():
+        return None
+    if snap.source.meta.get("via") == "api":  # read through an engine, not from this file system
+        return None
+    for p in snap.paths:
+        if os.path.isabs(p):
+            return p
+    return None
+
+
+def _ids(path: str) -> list[tuple[int, int]]:
+    """(device, inode) of ``path`` and of each of its existing ancestors, nearest first."""
+    out = []
+    while True:
+        try:
+            st = os.stat(path)
+        except OSError:
+            pass
+        else:
+            out.append((st.st_dev, st.st_ino))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return out
+        path = parent
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def restore_overlap(
+    repo: Repository, snap: Snapshot, target: str | os.PathLike[str], *, include: Sequence[str] = ()
+) -> Overlap | None:
+    """Whether restoring ``snap`` into ``target`` would write over, into or around the live
+    directory it was taken of (on this host). Paths are compared resolved (symlinks, ``..``)
+    and by device and inode, so a bind mount or a symlink to the source is the source."""
+    src = live_source(snap)
+    if src is None:
+        return None
+    src_real = os.path.realpath(src)
+    tgt_real = os.path.realpath(os.fspath(target))
+    src_ids, tgt_ids = _ids(src_real), _ids(tgt_real)
+    src_exists = bool(src_ids) and os.path.isdir(src_real)
+    if tgt_real == src_real or (src_exists and os.path.exists(tgt_real) and os.path.samefile(tgt_real, src_real)):
+        kind = SAME
+    elif _within(tgt_real, src_real) or (src_exists and src_ids[0] in tgt_ids):
+        kind = INSIDE
+    elif _within(src_real, tgt_real) or (os.path.exists(tgt_real) and tgt_ids[0] in src_ids):
+        kind = CONTAINS
+    else:
+        return None
+    replaced = _count_replaced(repo, snap.tree, os.fsencode(tgt_real), (), [split_path(p) for p in include])
+    return Overlap(kind, src_real, tgt_real, replaced)
+
+
+def _count_replaced(
+    repo: Repository, tree_id: bytes, dirpath: bytes, rel: tuple[bytes, ...], includes: list[tuple[bytes, ...]]
+) -> int:
+    """Existing entries under ``dirpath`` that restoring the tree there would replace."""
+    n = 0
+    for node in repo.load_tree(tree_id).nodes:
+        here = (*rel, node.name)
+        if includes and not any(here[: len(i)] == i or i[: len(here)] == here for i in includes):
+            continue
+        path = dirpath + b"/" + node.name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # nothing there: nothing below it either
+        if stat.S_ISDIR(st.st_mode):
+            if node.type == DIR:
+                if node.subtree is not None:
+                    n += _count_replaced(repo, node.subtree, path, here, includes)
+                continue
+            n += 1 + sum(len(dirs) + len(files) for _, dirs, files in os.walk(path))
+        else:
+            n += 1
+    return n
 
 
 @dataclass(frozen=True)
