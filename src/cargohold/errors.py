@@ -24,6 +24,8 @@ maps errors to exit codes (``cargohold.cli.exit_codes``), only ever sees this tr
     │   ├── WrongPassword
     │   ├── RepositoryLocked
     │   ├── IntegrityError          damaged data found while reading
+    │   │   ├── ConfigDamaged       the ``config`` object is damaged or missing
+    │   │   └── KeyFileDamaged      no key slot opens and at least one is damaged
     │   ├── SnapshotNotFound / AmbiguousSnapshot
     │   └── RestoreConflict         a restore target is (in, around) the snapshot's live source
     ├── ConsistencyError            hooks, stop/pause, dumps (later issues)
@@ -168,6 +170,31 @@ class RepositoryLocked(RepositoryError):
 
 class IntegrityError(RepositoryError):
     default_hint = "run `cargohold check --read-data` to see what is damaged"
+
+
+class ConfigDamaged(IntegrityError):
+    """The repository's ``config`` object is damaged (or missing while key slots exist).
+
+    ``recovered`` holds the fields that could still be read from it (name -> value)."""
+
+    default_hint = (
+        "run `cargohold repair config` to restore it from the verified copy in a key slot "
+        "(or `cargohold key import FILE` with an exported key)"
+    )
+
+    def __init__(self, message: str, *, hint: str | None = None, recovered: dict[str, object] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.recovered = dict(recovered or {})
+
+
+class KeyFileDamaged(IntegrityError):
+    """No key slot opens with the password and at least one key file is damaged: the
+    password may be right and its key file broken, so this is not reported as a wrong password."""
+
+    default_hint = (
+        "open the repository with the password of another key slot, or import an exported key "
+        "with `cargohold key import FILE`; then `cargohold key remove` the damaged slot"
+    )
 
 
 class SnapshotNotFound(RepositoryError):

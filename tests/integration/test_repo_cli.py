@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cargohold.cli import exit_codes
+from cargohold.repo import docsum
 
 
 def run(
@@ -149,10 +150,14 @@ def test_errors_are_one_line_with_documented_codes(tmp_path: Path, src: Path) ->
     one_line_error(run("check", "--read-data-subset", "0", "--repo", str(repo), ok=False), exit_codes.USAGE)
     one_line_error(run("forget", "--repo", str(repo), ok=False), exit_codes.USAGE)
     one_line_error(run("snapshots", "--repo", "sftp://host/x", ok=False), exit_codes.USAGE)
-    config = json.loads((repo / "config").read_text())
+    original = (repo / "config").read_bytes()
+    config = json.loads(original)
     config["version"] = 42
-    (repo / "config").write_text(json.dumps(config))
+    (repo / "config").write_text(json.dumps(config))  # 42 under the checksum of version 1: damage
+    one_line_error(run("snapshots", "--repo", str(repo), ok=False), exit_codes.INTEGRITY)
+    (repo / "config").write_bytes(docsum.seal(config, 2))  # as a newer writer would: its own checksum
     one_line_error(run("snapshots", "--repo", str(repo), ok=False), exit_codes.REPOSITORY)
+    (repo / "config").write_bytes(original)
 
 
 def test_default_repository_is_under_xdg_data_home(tmp_path: Path, src: Path) -> None:

@@ -11,12 +11,13 @@ from cargohold.backends import MemoryBackend
 from cargohold.backends.faults import FaultBackend, FaultCrash, FaultPlan
 from cargohold.errors import (
     IntegrityError,
+    KeyFileDamaged,
     RepositoryNotFound,
     UnsupportedFormat,
     UsageError,
     WrongPassword,
 )
-from cargohold.repo import keys
+from cargohold.repo import docsum, keys
 from cargohold.repo.crypto import MasterKey
 from cargohold.repo.keys import (
     KdfParams,
@@ -204,33 +205,76 @@ def test_corrupt_slot_is_named_and_others_still_open(
     assert list(problems) == [slot]
     assert f"keys/{slot}" in problems[slot]
     assert [k.id for k in list_keys(backend)] == [s2]
-    # The damaged slot's password no longer opens; the error names the damaged slot.
-    with pytest.raises(WrongPassword, match=slot):
+    # The damaged slot's password no longer opens: the error says a key file is damaged
+    # (the password may be right), names it, and is not a wrong password.
+    with pytest.raises(KeyFileDamaged, match=slot) as info:
         unlock(backend, "correct horse")
+    assert "damaged" in str(info.value) and "key import" in str(info.value)
+    # A password that is wrong for every slot gets the same answer: no slot can be ruled out.
+    with pytest.raises(KeyFileDamaged):
+        unlock(backend, "neither")
 
 
 def test_all_slots_damaged(repo: tuple[MemoryBackend, MasterKey, str]) -> None:
     backend, _, slot = repo
     backend.store(f"keys/{slot}", b"{not json")
-    with pytest.raises(IntegrityError, match=f"keys/{slot}"):
+    with pytest.raises(KeyFileDamaged, match=f"keys/{slot}") as info:
+        unlock(backend, "correct horse")
+    assert isinstance(info.value, IntegrityError)
+    assert "key import" in str(info.value)
+
+
+def _legacy(raw: bytes) -> bytes:
+    """A slot as cargohold wrote it before checksums and config copies."""
+    doc = json.loads(raw)
+    del doc["checksum"]
+    doc.pop("config", None)
+    return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def test_tampered_wrap_is_damage_not_a_wrong_password(repo: tuple[MemoryBackend, MasterKey, str]) -> None:
+    backend, _, slot = repo
+    doc = json.loads(backend.load(f"keys/{slot}"))
+    doc["wrapped"] = doc["wrapped"][:10] + ("A" if doc["wrapped"][10] != "A" else "B") + doc["wrapped"][11:]
+    backend.store(f"keys/{slot}", docsum.stored_form(doc, 1))
+    with pytest.raises(KeyFileDamaged, match="checksum"):
         unlock(backend, "correct horse")
 
 
-def test_tampered_wrap_is_a_wrong_password(repo: tuple[MemoryBackend, MasterKey, str]) -> None:
+def test_tampered_wrap_of_a_legacy_slot_is_a_wrong_password(repo: tuple[MemoryBackend, MasterKey, str]) -> None:
+    # Without a checksum nothing tells a damaged wrap from a wrong password.
     backend, _, slot = repo
-    doc = json.loads(backend.load(f"keys/{slot}"))
+    doc = json.loads(_legacy(backend.load(f"keys/{slot}")))
     doc["wrapped"] = doc["wrapped"][:10] + ("A" if doc["wrapped"][10] != "A" else "B") + doc["wrapped"][11:]
     backend.store(f"keys/{slot}", json.dumps(doc).encode())
     with pytest.raises(WrongPassword):
         unlock(backend, "correct horse")
 
 
+def test_legacy_slot_still_opens(repo: tuple[MemoryBackend, MasterKey, str]) -> None:
+    backend, master, slot = repo
+    backend.store(f"keys/{slot}", _legacy(backend.load(f"keys/{slot}")))
+    opened = keys.open_slots(backend, "correct horse")
+    assert (opened.master, opened.slot_id, opened.config) == (master, slot, None)
+    (info,) = list_keys(backend)
+    assert not info.checksummed and not info.has_config
+    assert damaged_keys(backend) == {}
+    # ... and an unknown field in a legacy slot is damage, not ignored.
+    doc = json.loads(backend.load(f"keys/{slot}"))
+    doc["lable"] = doc.pop("label")
+    backend.store(f"keys/{slot}", json.dumps(doc).encode())
+    assert "unknown field(s) lable" in damaged_keys(backend)[slot]
+
+
 def test_slot_moved_to_another_name_does_not_open(repo: tuple[MemoryBackend, MasterKey, str]) -> None:
     backend, _, slot = repo
     raw = backend.load(f"keys/{slot}")
-    doc = json.loads(raw)
-    del doc["id"]
     backend.delete(f"keys/{slot}")
+    backend.store("keys/00000000000000aa", raw)
+    with pytest.raises(KeyFileDamaged, match="names itself"):
+        unlock(backend, "correct horse")
+    doc = json.loads(_legacy(raw))
+    del doc["id"]
     backend.store("keys/00000000000000aa", json.dumps(doc).encode())
     with pytest.raises(WrongPassword):  # the wrap is bound to its slot id
         unlock(backend, "correct horse")
@@ -240,7 +284,11 @@ def test_unknown_slot_version(repo: tuple[MemoryBackend, MasterKey, str]) -> Non
     backend, _, slot = repo
     doc = json.loads(backend.load(f"keys/{slot}"))
     doc["version"] = 7
-    backend.store(f"keys/{slot}", json.dumps(doc).encode())
+    # With the checksum of version 1 the 7 is damage ...
+    backend.store(f"keys/{slot}", docsum.stored_form(doc, 1))
+    assert "checksum" in damaged_keys(backend)[slot]
+    # ... with its own valid checksum it is a newer format.
+    backend.store(f"keys/{slot}", docsum.seal(doc, 1))
     assert "version 7" in damaged_keys(backend)[slot]
     with pytest.raises(UnsupportedFormat, match="version 7"):
         unlock(backend, "correct horse")

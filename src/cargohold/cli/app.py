@@ -17,7 +17,7 @@ import typer
 from typer.exceptions import TyperException
 
 from cargohold import __version__
-from cargohold.cli import audit, docker_state, exit_codes, inventory, migrate, repository
+from cargohold.cli import audit, docker_state, exit_codes, inventory, keys, migrate, repository
 from cargohold.cli.context import AppState
 from cargohold.errors import CargoholdError
 
@@ -60,7 +60,7 @@ def _root(
 
 
 def _register_commands() -> None:
-    for module in (inventory, repository, audit, docker_state, migrate):
+    for module in (inventory, repository, keys, audit, docker_state, migrate):
         module.register(app)
 
 

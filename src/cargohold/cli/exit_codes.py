@@ -40,6 +40,8 @@ _TABLE: dict[type[e.CargoholdError], int] = {
     e.UnsupportedFormat: REPOSITORY,
     e.WrongPassword: WRONG_PASSWORD,
     e.RepositoryLocked: LOCKED,
+    e.ConfigDamaged: INTEGRITY,
+    e.KeyFileDamaged: INTEGRITY,
     e.IntegrityError: INTEGRITY,
     e.SnapshotNotFound: NOT_FOUND,
     e.AmbiguousSnapshot: USAGE,

@@ -32,6 +32,7 @@ from cargohold.errors import UsageError
 from cargohold.model.consistency import Mode
 from cargohold.repo.retention import Policy, parse_duration
 from cargohold.repo.tree import DIR, FILE, SYMLINK, Node
+from cargohold.services import keys as keysvc
 from cargohold.services import repository as svc
 from cargohold.services.docker_sources import Via
 
@@ -76,6 +77,7 @@ def init(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
     r = svc.init_repository(url, password(password_file, confirm=True))
     print(f"created repository {r.config.id} at {url}")
     note("keep the password safe: without it the data cannot be read back")
+    note("recommended: keep an export of the key apart from the repository: `cargohold key export --paper`")
 
 
 def backup(
@@ -373,6 +375,7 @@ def check(
         raise UsageError("give either --read-data or --read-data-subset")
     with open_repo(repo, password_file) as r:
         rep = svc.check(r, read_data=read_data, subset=subset, progress=progress_for(progress))
+        rep.warnings.extend(keysvc.key_warnings(r))  # issue 16: single key slot never exported (services/keys.py)
     if json:
         print_json(
             {
@@ -526,84 +529,6 @@ def unlock(
     print(f"removed {n} lock(s)")
 
 
-# --- key ---------------------------------------------------------------------------------
-
-key_app = typer.Typer(help="Manage the passwords (key slots) of a repository.", no_args_is_help=True)
-NewPasswordFileOpt = Annotated[
-    str | None,
-    typer.Option("--new-password-file", help="Read the new password from this file.", metavar="FILE"),
-]
-
-
-def _newpassword(path: str | None) -> str:
-    return password(path, confirm=True, env="CARGOHOLD_NEW_PASSWORD")
-
-
-@key_app.command("list")
-def key_list(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
-    """List key slots."""
-    with open_repo(repo, password_file) as r:
-        slots, damaged = svc.key_list(r)
-        current = r.key_id
-    if json:
-        print_json(
-            {
-                "keys": [
-                    {
-                        "id": k.id,
-                        "current": k.id == current,
-                        "created": k.created,
-                        "host": k.host,
-                        "user": k.user,
-                        "label": k.label,
-                    }
-                    for k in slots
-                ],
-                "damaged": damaged,
-            }
-        )
-        return
-    rows = [["*" if k.id == current else "", k.id, k.created, f"{k.user}@{k.host}", k.label or "-"] for k in slots]
-    print_table(["", "id", "created", "by", "label"], rows)
-    for sid, msg in sorted(damaged.items()):
-        note(f"damaged key slot {sid}: {msg}")
-
-
-@key_app.command("add")
-def key_add(
-    label: Annotated[str, typer.Option("--label", help="A note to tell keys apart.")] = "",
-    new_password_file: NewPasswordFileOpt = None,
-    repo: RepoOpt = None,
-    password_file: PasswordFileOpt = None,
-) -> None:
-    """Add a password (a new key slot for the same master key)."""
-    with open_repo(repo, password_file) as r:
-        sid = svc.key_add(r, _newpassword(new_password_file), label=label)
-    print(f"added key {sid}")
-
-
-@key_app.command("remove")
-def key_remove(
-    key_id: Annotated[str, typer.Argument(help="Key slot id (or unique prefix).")],
-    repo: RepoOpt = None,
-    password_file: PasswordFileOpt = None,
-) -> None:
-    """Remove a key slot (not the one in use, not the last one)."""
-    with open_repo(repo, password_file) as r:
-        svc.key_remove(r, key_id)
-    print(f"removed key {key_id}")
-
-
-@key_app.command("passwd")
-def key_passwd(
-    new_password_file: NewPasswordFileOpt = None, repo: RepoOpt = None, password_file: PasswordFileOpt = None
-) -> None:
-    """Change the password of the key slot in use."""
-    with open_repo(repo, password_file) as r:
-        sid = svc.key_passwd(r, _newpassword(new_password_file))
-    print(f"password changed (new key {sid})")
-
-
 def rebuild_index(repo: RepoOpt = None, password_file: PasswordFileOpt = None, json: JsonOpt = False) -> None:
     """Rewrite the index from the headers of all packs (after `check` reports a damaged index)."""
     with open_repo(repo, password_file) as r:
@@ -634,4 +559,3 @@ def register(app: typer.Typer) -> None:
     app.command("stats")(stats)
     app.command("unlock")(unlock)
     app.command("rebuild-index")(rebuild_index)
-    app.add_typer(key_app, name="key")

@@ -45,7 +45,25 @@ class ChunkerParams:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ChunkerParams:
-        return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+        """Exactly the fields :meth:`to_json` writes, each a positive integer: an unknown or
+        missing field is damage (a flipped byte in a name must not silently become a default).
+        Raises ValueError (or TypeError) saying what is wrong."""
+        if not isinstance(d, dict):
+            raise TypeError(f"chunker settings must be an object, not {type(d).__name__}")
+        fields = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - fields)
+        missing = sorted(fields - set(d))
+        if unknown or missing:
+            what = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+            what += [f"missing field(s) {', '.join(missing)}"] if missing else []
+            raise ValueError(f"chunker settings: {'; '.join(what)}")
+        for k, v in d.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"chunker setting {k} must be a positive integer, not {v!r}")
+        params = cls(**d)
+        if not params.cdc_min <= params.cdc_max or params.cdc_avg > params.cdc_max:
+            raise ValueError("chunker settings: cdc_min <= cdc_avg <= cdc_max does not hold")
+        return params
 
     def choose(self, size: int, previous: str | None) -> str:
         """The method for a file of ``size`` bytes; ``previous`` = the method of the parent snapshot."""

@@ -573,7 +573,7 @@ def stats(repo: Repository) -> RepoStats:
 
 def key_add(repo: Repository, new_password: str, *, label: str = "") -> str:
     with locks_of(repo).exclusive("key add"):
-        return keyslots.create_key(repo.backend, new_password, repo.key, label=label)
+        return keyslots.create_key(repo.backend, new_password, repo.key, label=label, config=repo.config)
 
 
 def key_list(repo: Repository) -> tuple[list[keyslots.KeySlot], dict[str, str]]:
@@ -591,7 +591,7 @@ def key_remove(repo: Repository, slot_id: str) -> None:
 
 def key_passwd(repo: Repository, new_password: str) -> str:
     with locks_of(repo).exclusive("key passwd"):
-        new_id = keyslots.change_password(repo.backend, repo.key, repo.key_id, new_password)
+        new_id = keyslots.change_password(repo.backend, repo.key, repo.key_id, new_password, config=repo.config)
     repo.key_id = new_id
     return new_id
 
