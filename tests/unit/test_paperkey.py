@@ -204,6 +204,13 @@ def test_import_refuses_wrong_password_other_repository_and_empty_places(repo: R
         keysvc.import_key(other.backend.url, exported, PW)
     with pytest.raises(RepositoryNotFound):
         keysvc.import_key(f"memory://paperkey-{uuid.uuid4().hex}", exported, PW)
+    # A repository with key slots only (no snapshot yet), config lost: its slots' config copies
+    # tell that the key is foreign.
+    empty = svc.init_repository(f"memory://paperkey-{uuid.uuid4().hex}", PW)
+    empty.backend.delete("config")
+    with pytest.raises(UsageError, match="fits none of the 1 key slot"):
+        keysvc.import_key(empty.backend.url, exported, PW)
+    assert not list(empty.backend.list("config"))
     assert len(keys.list_keys(repo.backend)) == 1
 
 
@@ -254,6 +261,9 @@ def test_the_documented_commands(cli_env: Path, tmp_path: Path, capsys: pytest.C
     assert (tmp_path / "key.txt").stat().st_mode & 0o777 == 0o600
     assert paperkey.BEGIN in (tmp_path / "key.txt").read_text()
     assert main(["key", "export", "-o", "key.txt"]) == exit_codes.USAGE  # never overwrites
+    (tmp_path / "wrong").write_text("not the password\n")
+    assert main(["key", "export", "-o", "other.txt", "--password-file", "wrong"]) == exit_codes.WRONG_PASSWORD
+    assert not (tmp_path / "other.txt").exists()
     capsys.readouterr()
     assert main(["check", "--json"]) == 0
     assert not any("never exported" in w for w in json.loads(capsys.readouterr().out)["warnings"])

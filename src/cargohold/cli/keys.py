@@ -4,6 +4,7 @@ A thin client of :mod:`cargohold.services.repository` and :mod:`cargohold.servic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -131,10 +132,17 @@ def key_export(
 ) -> None:
     """Export the key (sealed by the password in use) to keep apart from the repository."""
     pw = password(password_file)
-    where, write = _writer(output)
     r = svc.open_repository(svc.resolve_repo_url(repo), pw)
     try:
-        keysvc.export_key(r, pw, paper=paper, write=write)
+        where, write = _writer(output)  # only once the password opened the repository
+        try:
+            keysvc.export_key(r, pw, paper=paper, write=write)
+        except BaseException:
+            if output not in (None, "-"):
+                assert output is not None
+                with contextlib.suppress(OSError):
+                    os.unlink(output)
+            raise
         repo_id = r.config.id
     finally:
         r.close()

@@ -481,6 +481,23 @@ def unlock(backend: Backend, password: str) -> tuple[MasterKey, str]:
     return opened.master, opened.slot_id
 
 
+def config_copies_of(backend: Backend, master: MasterKey) -> tuple[list[str], list[str]]:
+    """The readable slots whose config copy ``master`` verifies, and those whose copy it does
+    not (slots of another master key); slots without a copy are in neither list."""
+    good: list[str] = []
+    foreign: list[str] = []
+    for slot in _read_slots(backend)[0]:
+        if slot.config is None:
+            continue
+        try:
+            open_config(master, slot.config)
+        except IntegrityError:
+            foreign.append(slot.info.id)
+        else:
+            good.append(slot.info.id)
+    return good, foreign
+
+
 def list_keys(backend: Backend) -> list[KeySlot]:
     """The readable key slots, oldest first (see :func:`damaged_keys` for the others)."""
     slots, _ = _read_slots(backend)

@@ -67,9 +67,13 @@ def _has_repository_objects(backend: Backend) -> bool:
 
 
 def _prove_key(repo: Repository) -> str:
-    """Name an object the key decrypts; UsageError when the repository has snapshots or index
-    files and the key decrypts none of them (it is another repository's key)."""
-    tried = 0
+    """Name an object the key decrypts or vouches for; UsageError when the repository has
+    snapshots, index files or key slots with config copies and the key fits none of them (it
+    is another repository's key)."""
+    vouched, foreign = keyslots.config_copies_of(repo.backend, repo.key)
+    if vouched:
+        return f"keys/{vouched[0]}"
+    tried = len(foreign)
     for sid in repo.list_snapshot_ids()[:3]:
         tried += 1
         with contextlib.suppress(IntegrityError, BackendError):
@@ -82,8 +86,8 @@ def _prove_key(repo: Repository) -> str:
             return f"index/{name}"
     if tried:
         raise UsageError(
-            f"the exported key of repository {repo.config.id} decrypts none of the {tried} snapshot/index "
-            f"object(s) tried at {repo.backend.url}: it is not this repository's key",
+            f"the exported key of repository {repo.config.id} fits none of the {tried} key slot, snapshot or "
+            f"index object(s) tried at {repo.backend.url}: it is not this repository's key",
             hint="import it into the repository it was exported from",
         )
     return ""
