@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cargohold.backends import Backend, LocalBackend, MemoryBackend, ObjectInfo, open_backend
+from cargohold.backends import Backend, LocalBackend, MemoryBackend, ObjectInfo, leftovers_of, open_backend
 from cargohold.backends.faults import FaultBackend, FaultPlan
 from cargohold.backends.retry import RetryBackend
 from cargohold.errors import ObjectExists, ObjectNotFound, UsageError
@@ -304,3 +304,16 @@ def test_behaves_like_a_dict(kind: str, ops: list[tuple[str, str, object]]) -> N
                 expected = sorted((n, len(d)) for n, d in model.items() if n.startswith(name))
                 assert sorted((i.name, i.size) for i in b.list(name)) == expected
         b.close()
+
+
+def test_completed_writes_leave_no_leftovers(backend: Backend) -> None:
+    """Leftovers (``HasLeftovers``) are only what *interrupted* writes leave: a backend lists
+    none after writes that completed or failed cleanly, whether or not it can have any."""
+    backend.store("data/ab/abcdef", b"x" * 1000)
+    backend.create("locks/0123456789abcdef", b"{}")
+    with pytest.raises(ObjectExists):
+        backend.create("locks/0123456789abcdef", b"{}")
+    backend.store("data/ab/abcdef", b"y")
+    backend.delete("locks/0123456789abcdef")
+    assert leftovers_of(backend) == []
+    assert names(backend) == ["data/ab/abcdef"]

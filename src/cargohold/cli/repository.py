@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -30,6 +30,7 @@ from cargohold.cli.common import (
 from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.errors import UsageError
 from cargohold.model.consistency import Mode
+from cargohold.repo.checker import CheckReport
 from cargohold.repo.retention import Policy, parse_duration
 from cargohold.repo.tree import DIR, FILE, SYMLINK, Node
 from cargohold.services import keys as keysvc
@@ -370,7 +371,7 @@ def check(
     json: JsonOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
-    """Check the repository; exit code 9 when anything is damaged."""
+    """Check the repository; exit code 9 when anything is damaged (leftovers of interrupted writes are not damage)."""
     if read_data and subset is not None:
         raise UsageError("give either --read-data or --read-data-subset")
     with open_repo(repo, password_file) as r:
@@ -386,11 +387,14 @@ def check(
                 "snapshots": rep.snapshots,
                 "packs": rep.packs,
                 "packs_read": rep.packs_read,
+                "leftovers": _leftovers_json(rep),
             }
         )
     else:
         for w in rep.warnings:
             print(f"warning: {w}")
+        if rep.leftovers:
+            print(_leftovers_line(rep))
         for d in rep.damage:
             print(f"damaged: {d}")
         for sid, paths in sorted(rep.affected.items()):
@@ -402,6 +406,44 @@ def check(
         print(f"checked {rep.snapshots} snapshots, {rep.packs} packs{read}: {verdict}")
     if not rep.ok:
         raise typer.Exit(exit_codes.INTEGRITY)
+
+
+def _leftovers_json(rep: CheckReport) -> dict[str, Any]:
+    removable = rep.removable_leftovers
+    return {
+        "count": len(rep.leftovers),
+        "bytes": rep.leftover_bytes,
+        "removable": len(removable),
+        "removable_bytes": sum(v.leftover.size for v in removable),
+        "items": [
+            {
+                "name": v.leftover.name,
+                "kind": v.leftover.kind,
+                "size": v.leftover.size,
+                "modified": datetime.fromtimestamp(v.leftover.modified, UTC).isoformat(),
+                "removable": v.removable,
+                "reason": v.reason,
+            }
+            for v in rep.leftovers
+        ],
+    }
+
+
+def _leftovers_line(rep: CheckReport) -> str:
+    """One line: how many leftovers, their bytes, and what prune does with them."""
+    n, removable = len(rep.leftovers), rep.removable_leftovers
+    kept = n - len(removable)
+    line = (
+        f"leftovers: {n} temporary file(s) of interrupted writes, {human_bytes(rep.leftover_bytes)} "
+        "(not damage: no snapshot uses them)"
+    )
+    if removable:
+        freed = human_bytes(sum(v.leftover.size for v in removable))
+        line += f"; `cargohold prune` removes {len(removable)} ({freed}): their writers are gone"
+    if kept:
+        first = next(v for v in rep.leftovers if not v.removable)
+        line += f"; {kept} belong to writes that may still be running ({first.reason}): prune keeps them until they end"
+    return line
 
 
 def forget(
@@ -471,6 +513,13 @@ def _print_prune(p: Any) -> None:
         f"{p.packs_unindexed} unindexed; {human_bytes(p.bytes_unused)} unused data; "
         f"{p.packs_deleted} packs deleted, {human_bytes(p.bytes_freed)} freed"
     )
+    if p.leftovers_removed or p.leftovers_kept:
+        verb = "would remove" if p.dry_run else "removed"
+        print(
+            f"leftovers of interrupted writes: {verb} {p.leftovers_removed} temporary file(s), "
+            f"{human_bytes(p.leftover_bytes_removed)}; kept {p.leftovers_kept} of running writes, "
+            f"{human_bytes(p.leftover_bytes_kept)}"
+        )
     for m in p.messages:
         print(f"  {m}")
 
@@ -482,7 +531,8 @@ def prune(
     json: JsonOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
-    """Remove data no snapshot needs; repack partly used packs (backups may keep running)."""
+    """Remove data no snapshot needs, repack partly used packs and remove the temporary files of
+    interrupted writes whose writers are gone (backups may keep running)."""
     with open_repo(repo, password_file) as r:
         rep = svc.prune(r, dry_run=dry_run, progress=progress_for(progress))
     if json:

@@ -9,6 +9,10 @@ decompress and hash to its id.
 
 Each problem is a :class:`Damage`; damaged blobs are then traced to the snapshots and
 paths that need them (``affected``).
+
+Leftovers of interrupted writes (temporary files of killed backups) are no damage: no
+object refers to them. They are listed in ``leftovers``, each with whether its writer
+is surely gone (``cargohold prune`` then removes it) or may still be running.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cargohold.backends.base import leftovers_of
+from cargohold.backends.leftovers import Verdict
 from cargohold.errors import BackendError, IntegrityError, ObjectNotFound, UnsupportedFormat
 from cargohold.repo.format import BlobType, decode_blob, pack_name, sha256_hex
 from cargohold.repo.index import PackRecord
+from cargohold.repo.locks import LockManager
 from cargohold.repo.pack import read_pack_bytes
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
@@ -48,15 +55,35 @@ class CheckReport:
     packs: int = 0
     packs_read: int = 0
     blobs_checked: int = 0
+    #: Leftovers of interrupted writes (not damage), each judged removable or not.
+    leftovers: list[Verdict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.damage
 
+    @property
+    def leftover_bytes(self) -> int:
+        return sum(v.leftover.size for v in self.leftovers)
+
+    @property
+    def removable_leftovers(self) -> list[Verdict]:
+        """The leftovers ``cargohold prune`` would remove now."""
+        return [v for v in self.leftovers if v.removable]
+
 
 class Checker:
-    def __init__(self, repo: Repository, *, progress: Progress | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        progress: Progress | None = None,
+        workers: int = 2,
+        locks: LockManager | None = None,
+    ) -> None:
         self.repo = repo
+        #: Judges the leftovers against the other holders' locks (give the one holding ours).
+        self.locks = locks or LockManager(repo.backend)
         self.progress = progress or NullProgress()
         self.workers = workers
         self.report = CheckReport()
@@ -109,7 +136,14 @@ class Checker:
                 f"pack {pack_name(pid)} is in no index and no snapshot needs it "
                 "(left by an interrupted backup; prune removes it)"
             )
+        self._find_leftovers()
         return self.report
+
+    def _find_leftovers(self) -> None:
+        try:
+            self.report.leftovers = self.locks.judge_leftovers(leftovers_of(self.repo.backend))
+        except BackendError as err:
+            self.report.warnings.append(f"could not look for leftovers of interrupted writes: {err}")
 
     # --- packs ----------------------------------------------------------------------
 

@@ -20,6 +20,11 @@ gone or stale — a backup that might have deduplicated against the old index ha
 either committed its snapshot or died. Its packs are re-checked against the current
 snapshots and index: a pack holding a blob some snapshot needs and no index lists is
 re-indexed, others are deleted, then the marker is deleted.
+
+First of all (it frees space the repacking may need): the **leftovers** of interrupted
+writes — temporary files of killed backups, see :mod:`cargohold.backends.leftovers` —
+whose writers are surely gone are removed; those of writers that may still run are
+kept and counted.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cargohold.backends.base import leftovers_of, remove_leftover
 from cargohold.errors import BackendError, IntegrityError, ObjectNotFound, UnsupportedFormat
 from cargohold.repo.format import BlobType, decode_object, encode_object, pack_name, parse_hex_id, sha256_hex
 from cargohold.repo.index import PackRecord
@@ -61,6 +67,12 @@ class PruneReport:
     bytes_freed: int = 0
     packs_reindexed: int = 0
     markers_pending: int = 0
+    #: Leftovers of interrupted writes removed (or, with dry_run, that would be), and bytes.
+    leftovers_removed: int = 0
+    leftover_bytes_removed: int = 0
+    #: Leftovers kept because their writer may still be running, and bytes.
+    leftovers_kept: int = 0
+    leftover_bytes_kept: int = 0
     dry_run: bool = False
     messages: list[str] = field(default_factory=list)
 
@@ -126,6 +138,7 @@ class Pruner:
 
     def run(self) -> PruneReport:
         with self.locks.shared("prune"):
+            self.remove_leftovers()
             if not self.dry_run:
                 self.complete_markers()
             self._phase1()
@@ -194,7 +207,7 @@ class Pruner:
         if self.dry_run:
             return
         if not repack and not obsolete and not unindexed:
-            self.report.messages.append("nothing to prune")
+            self.report.messages.append("no packs to prune" if self.report.leftovers_removed else "nothing to prune")
             return
         new_packs = self._repack(repack)
         final = self.repo.write_index(keep + new_packs, tuple(index_files) + tuple(self._flush_index))
@@ -244,6 +257,39 @@ class Pruner:
         plain = json.dumps(doc, sort_keys=True).encode("utf-8")
         stored = encode_object(self.repo.cipher, plain, AD_OBSOLETE)
         self.repo.store_object(f"{OBSOLETE_PREFIX}{sha256_hex(stored)}", stored)
+
+    # --- leftovers of interrupted writes ---------------------------------------------
+
+    def remove_leftovers(self) -> None:
+        """Remove the leftovers whose writers are surely gone (count them with dry_run)."""
+        backend = self.repo.backend
+        rep = self.report
+        try:
+            verdicts = self.locks.judge_leftovers(leftovers_of(backend))
+        except BackendError as err:
+            rep.messages.append(f"could not look for leftovers of interrupted writes: {err}")
+            return
+        kept = [v for v in verdicts if not v.removable]
+        for v in verdicts:
+            if not v.removable:
+                continue
+            if not self.dry_run:
+                self.locks.ensure_held()
+                try:
+                    if not remove_leftover(backend, v.leftover):
+                        continue  # gone or changed meanwhile
+                except BackendError as err:
+                    rep.messages.append(f"could not remove {v.leftover.kind} {v.leftover.name}: {err}")
+                    continue
+            rep.leftovers_removed += 1
+            rep.leftover_bytes_removed += v.leftover.size
+        rep.leftovers_kept = len(kept)
+        rep.leftover_bytes_kept = sum(v.leftover.size for v in kept)
+        if kept:
+            rep.messages.append(
+                f"kept {len(kept)} leftover(s) of writes that may still be running ({kept[0].leftover.name}: "
+                f"{kept[0].reason}); a later prune removes them once their writers are gone"
+            )
 
     # --- phase 2 --------------------------------------------------------------------
 

@@ -450,8 +450,9 @@ def check(
 ) -> CheckReport:
     if subset is not None and not 0 < subset <= 100:
         raise UsageError("--read-data-subset must be a percentage in (0, 100]")
-    with locks_of(repo).shared("check"):
-        return Checker(repo, progress=progress).run(read_data=read_data, subset=subset)
+    locks = locks_of(repo)
+    with locks.shared("check"):
+        return Checker(repo, progress=progress, locks=locks).run(read_data=read_data, subset=subset)
 
 
 @dataclass
