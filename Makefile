@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install engine images lint unit test demo bench bench-inventory bench-audit bench-docker bench-repository help
+.PHONY: install engine images lint unit test demo bench bench-inventory bench-audit bench-docker bench-repository faults help
 
 help:
 	@echo "make demo   - bootstrap (venv, engine, images) and run the sample stateful app + inventory"
 	@echo "make test   - install everything and run lint, type checks and the whole test suite"
+	@echo "make faults - the full fault campaign (kill -9, byte flips, full disk, ...; docs/RELIABILITY.md, <= 20 min)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -53,3 +54,9 @@ bench-repository: install
 	$(BIN)/python bench/bench_repository.py
 
 bench: bench-inventory bench-audit bench-docker bench-repository
+
+# The full fault campaign (docs/RELIABILITY.md): root for the loop-mounted full-disk campaign, a Docker
+# engine for the copy campaign (without one a backup of a restored tree stands in); SEED=N to vary it
+SEED ?= 1
+faults: install
+	$(BIN)/python bench/faults.py --seed $(SEED) --out bench/results/faults-seed$(SEED).json
