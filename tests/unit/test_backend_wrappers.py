@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from cargohold import backends
-from cargohold.backends import Backend, LocalBackend, MemoryBackend, open_backend, register_scheme
+from cargohold.backends import Backend, LocalBackend, MemoryBackend, lazy_scheme, open_backend, register_scheme
 from cargohold.backends.faults import FaultBackend, FaultCrash, FaultPlan
 from cargohold.backends.memory import forget_named_memory_backend
 from cargohold.backends.retry import RetryBackend
@@ -256,10 +257,20 @@ def test_open_memory_url() -> None:
         open_backend("memory://")
 
 
-@pytest.mark.parametrize("url", ["sftp://host/path", "s3://bucket/prefix", "SFTP://host/x"])
-def test_later_schemes_are_not_supported_yet(url: str) -> None:
-    with pytest.raises(UsageError, match="not supported yet"):
-        open_backend(url)
+def test_lazy_scheme_imports_its_module_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazy_scheme_mod.py").write_text(
+        "from cargohold.backends.memory import MemoryBackend\n"
+        "def open_url(url):\n"
+        "    b = MemoryBackend()\n"
+        "    b.url = url\n"
+        "    return b\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_scheme("lazyx", lazy_scheme("lazy_scheme_mod"), replace=True)
+    assert "lazy_scheme_mod" not in sys.modules
+    assert open_backend("lazyx://bucket/p?opt=1").url == "lazyx://bucket/p?opt=1"
+    assert "lazy_scheme_mod" in sys.modules
+    monkeypatch.delitem(sys.modules, "lazy_scheme_mod")
 
 
 def test_unknown_scheme_and_empty() -> None:

@@ -1,16 +1,20 @@
 """Storage backends, chosen by URL.
 
 ``open_backend(url)`` understands a plain path, ``file:///abs/path`` and
-``memory://NAME``. Other schemes plug in through :func:`register_scheme`; ``sftp://``
-and ``s3://`` are registered as "not supported yet" until their backends land.
+``memory://NAME``. Other schemes plug in through :func:`register_scheme`. The remote
+ones (``s3://``, ``sftp://``) live in modules imported only when such a URL is opened
+(:func:`lazy_scheme`), so local commands never pay for their client libraries. A URL's
+query string carries a backend's options (``s3://bucket/prefix?endpoint=...``): the URL
+alone reopens the same store, in another process too; secrets never go into it.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from cargohold.backends.base import (
     Backend,
@@ -36,11 +40,13 @@ __all__ = [
     "ObjectInfo",
     "Writer",
     "check_name",
+    "lazy_scheme",
     "leftovers_of",
     "open_backend",
     "register_scheme",
     "registered_schemes",
     "remove_leftover",
+    "url_with_options",
 ]
 
 #: Builds a backend from the full URL of its scheme.
@@ -62,6 +68,14 @@ def register_scheme(scheme: str, factory: BackendFactory, *, replace: bool = Fal
 def registered_schemes() -> list[str]:
     with _schemes_lock:
         return sorted(_schemes)
+
+
+def url_with_options(url: str, options: dict[str, str]) -> str:
+    """``url`` with ``options`` set in its query string (an option already there is replaced)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.update(options)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def open_backend(url: str) -> Backend:
@@ -102,17 +116,27 @@ def _open_memory(url: str) -> Backend:
     return named_memory_backend(url.split("://", 1)[1])
 
 
-def _not_yet(kind: str) -> BackendFactory:
+def lazy_scheme(module: str, attr: str = "open_url") -> BackendFactory:
+    """A factory that imports ``module`` on first use and calls its ``attr(url)``."""
+
     def factory(url: str) -> Backend:
-        raise UsageError(
-            f"{kind} repositories ({url}) are not supported yet",
-            hint="use a local path or file:///path for now",
-        )
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module.startswith(err.name):
+                raise
+            scheme = url.split("://", 1)[0]
+            raise UsageError(
+                f"{scheme}:// repositories are not available in this installation ({module} is missing)",
+                hint="use a local path or file:///path, or install cargohold with its remote backends",
+            ) from None
+        fn: BackendFactory = getattr(mod, attr)
+        return fn(url)
 
     return factory
 
 
 register_scheme("file", _open_file)
 register_scheme("memory", _open_memory)
-register_scheme("sftp", _not_yet("SFTP"))
-register_scheme("s3", _not_yet("S3"))
+register_scheme("sftp", lazy_scheme("cargohold.backends.sftp"))
+register_scheme("s3", lazy_scheme("cargohold.backends.s3"))

@@ -18,8 +18,8 @@ from typer.exceptions import TyperException
 
 from cargohold import __version__
 from cargohold.cli import audit, docker_state, exit_codes, inventory, keys, migrate, repository
-from cargohold.cli.context import AppState
-from cargohold.errors import CargoholdError
+from cargohold.cli.context import AppState, current_state
+from cargohold.errors import CargoholdError, UsageError
 
 app = typer.Typer(
     name="cargohold",
@@ -48,12 +48,36 @@ def _root(
     docker_context: Annotated[
         str | None, typer.Option("--context", help="Docker context to use (overrides DOCKER_CONTEXT).")
     ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--s3-endpoint",
+            help="S3 endpoint URL of s3:// repositories (overrides AWS_ENDPOINT_URL).",
+            metavar="URL",
+        ),
+    ] = None,
+    s3_addressing: Annotated[
+        str | None,
+        typer.Option(
+            "--s3-addressing",
+            help="S3 bucket addressing: path (endpoint/bucket), virtual (bucket.endpoint) or auto.",
+            metavar="path|virtual|auto",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
-    ctx.obj = AppState(debug=debug, host=host, context=docker_context)
+    s3: dict[str, str] = {}
+    if s3_endpoint:
+        s3["endpoint"] = s3_endpoint
+    if s3_addressing:
+        if s3_addressing not in ("path", "virtual", "auto"):
+            raise UsageError(f"--s3-addressing {s3_addressing!r}: use path, virtual or auto")
+        s3["addressing"] = s3_addressing
+    ctx.obj = AppState(debug=debug, host=host, context=docker_context, s3_options=s3)
+    current_state.set(ctx.obj)
     if ctx.invoked_subcommand != "recover":
         # Any invocation first puts back containers an interrupted run left stopped.
         docker_state.recover_orphans_quietly()

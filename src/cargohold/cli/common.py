@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cargohold.backends import url_with_options
+from cargohold.cli.context import current_state
 from cargohold.cli.output import err_console
 from cargohold.errors import UsageError
 from cargohold.model.backups import BackupIndex
@@ -63,9 +65,25 @@ def password(password_file: str | None, *, confirm: bool = False, env: str = svc
     return first
 
 
+def repo_url(repo: str | None) -> str:
+    """The repository URL of ``--repo`` (or its defaults) with the backend options given on
+    the command line (``--s3-endpoint``, ``--s3-addressing``) put into it."""
+    url = svc.resolve_repo_url(repo)
+    state = current_state.get()
+    s3 = state.s3_options if state is not None else {}
+    if s3:
+        if not url.lower().startswith("s3://"):
+            raise UsageError(
+                f"--s3-endpoint/--s3-addressing apply to s3:// repositories, not {url}",
+                hint="drop those options or give an s3://BUCKET[/PREFIX] repository",
+            )
+        url = url_with_options(url, s3)
+    return url
+
+
 @contextmanager
 def open_repo(repo: str | None, password_file: str | None) -> Iterator[Repository]:
-    r = svc.open_repository(svc.resolve_repo_url(repo), password(password_file))
+    r = svc.open_repository(repo_url(repo), password(password_file))
     try:
         yield r
     finally:
@@ -175,7 +193,7 @@ def backup_index(repo: str | None, password_file: str | None, *, only_named: boo
     audit never prompt). A named repository without a password is an error.
     """
     named = repo or os.environ.get(svc.REPO_ENV)
-    url = svc.resolve_repo_url(repo)
+    url = repo_url(repo)
     if not named and (only_named or not os.path.exists(os.path.join(url, "config"))):
         return None
     if not password_file and os.environ.get(svc.PASSWORD_ENV) is None:

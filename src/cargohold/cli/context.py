@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import typer
@@ -14,6 +15,8 @@ class AppState:
     debug: bool = False
     host: str | None = None
     context: str | None = None
+    #: Options of s3:// repository URLs given on the command line (endpoint, addressing).
+    s3_options: dict[str, str] = field(default_factory=dict)
     _docker: DockerPort | None = field(default=None, repr=False)
 
     def docker(self) -> DockerPort:
@@ -31,3 +34,8 @@ def state(ctx: typer.Context) -> AppState:
         obj = AppState()
         ctx.find_root().obj = obj
     return obj
+
+
+#: The state of the command being run (set by the root callback), for helpers that are not
+#: handed the Typer context (where the repository is: :func:`cargohold.cli.common.repo_url`).
+current_state: ContextVar[AppState | None] = ContextVar("cargohold_cli_state", default=None)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cargohold.cli.common import JsonOpt, PasswordFileOpt, RepoOpt, note, open_repo, password
+from cargohold.cli.common import JsonOpt, PasswordFileOpt, RepoOpt, note, open_repo, password, repo_url
 from cargohold.cli.output import print_json, print_table
 from cargohold.errors import UsageError
 from cargohold.services import keys as keysvc
@@ -132,7 +132,7 @@ def key_export(
 ) -> None:
     """Export the key (sealed by the password in use) to keep apart from the repository."""
     pw = password(password_file)
-    r = svc.open_repository(svc.resolve_repo_url(repo), pw)
+    r = svc.open_repository(repo_url(repo), pw)
     try:
         where, write = _writer(output)  # only once the password opened the repository
         try:
@@ -169,7 +169,7 @@ def key_import(
         except OSError as err:
             raise UsageError(f"cannot read {source}: {err.strerror}") from None
         what = source
-    res = keysvc.import_key(svc.resolve_repo_url(repo), text, password(password_file), label=label, what=what)
+    res = keysvc.import_key(repo_url(repo), text, password(password_file), label=label, what=what)
     if res.config_restored:
         print(f"restored the config of repository {res.repo_id} from the exported key")
     print(f"imported key {res.slot_id} into repository {res.repo_id}")
@@ -178,7 +178,7 @@ def key_import(
 @repair_app.command("config")
 def repair_config(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
     """Restore a damaged or lost config from the verified copy in a key slot."""
-    res = keysvc.repair_config(svc.resolve_repo_url(repo), password(password_file))
+    res = keysvc.repair_config(repo_url(repo), password(password_file))
     if res.action == "restored":
         note(f"was: {res.problem}")
         print(f"restored the config from the verified copy in key slot {res.slot_id}")

@@ -25,6 +25,7 @@ from cargohold.cli.common import (
     open_repo,
     password,
     progress_for,
+    repo_url,
     snapshot_json,
 )
 from cargohold.cli.output import human_bytes, print_json, print_table
@@ -74,7 +75,7 @@ def _mode_string(n: Node) -> str:
 
 def init(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
     """Create a new encrypted repository."""
-    url = svc.resolve_repo_url(repo)
+    url = repo_url(repo)
     r = svc.init_repository(url, password(password_file, confirm=True))
     print(f"created repository {r.config.id} at {url}")
     note("keep the password safe: without it the data cannot be read back")
@@ -575,7 +576,7 @@ def unlock(
     repo: RepoOpt = None,
 ) -> None:
     """Remove stale locks left by crashed processes."""
-    n = svc.unlock(svc.resolve_repo_url(repo), remove_all=remove_all)
+    n = svc.unlock(repo_url(repo), remove_all=remove_all)
     print(f"removed {n} lock(s)")
 
 
