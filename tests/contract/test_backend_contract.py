@@ -1,7 +1,10 @@
 """The conformance suite every storage backend runs.
 
 Adding a backend = adding one entry to ``FACTORIES``: a function that takes pytest's
-``tmp_path`` and returns a fresh, empty backend.
+``tmp_path`` and returns a fresh, empty backend. A backend on a real server (S3 on Ceph RGW,
+SFTP on OpenSSH) instead adds a fixture that yields a fresh, empty one (a new bucket or
+directory each time) in a ``servers_*.py`` module of this folder and names it in that
+module's ``SERVER_BACKENDS`` (kind -> fixture name); ``conftest.py`` collects them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from cargohold.backends.faults import FaultBackend, FaultPlan
 from cargohold.backends.retry import RetryBackend
 from cargohold.errors import ObjectExists, ObjectNotFound, UsageError
 
+from .conftest import SERVER_BACKENDS
+
 FACTORIES: dict[str, Callable[[Path], Backend]] = {
     "local": lambda tmp: LocalBackend(tmp / "repo"),
     "memory": lambda tmp: MemoryBackend(),
@@ -32,8 +37,12 @@ FACTORIES: dict[str, Callable[[Path], Backend]] = {
 }
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+@pytest.fixture(params=sorted(FACTORIES) + sorted(SERVER_BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param in SERVER_BACKENDS:
+        server_backend: Backend = request.getfixturevalue(SERVER_BACKENDS[request.param])
+        yield server_backend
+        return
     b = FACTORIES[request.param](tmp_path)
     try:
         yield b
