@@ -201,6 +201,20 @@ def test_damaged_index_is_repaired_by_rebuild_index(tmp_path: Path, src: Path) -
     assert "no errors" in run("check", "--read-data", env=env).stdout
 
 
+def test_a_damaged_lock_is_named_until_unlock_removes_it(tmp_path: Path, src: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {"CARGOHOLD_REPO": str(repo)}
+    run("init", env=env)
+    (repo / "locks").mkdir(exist_ok=True)
+    (repo / "locks" / "00000000000000dd").write_bytes(b'{"kind": "shar')
+    proc = run("backup", "--path", str(src), env=env)  # a damaged lock counts as stale: no refusal
+    (line,) = [x for x in proc.stderr.splitlines() if "00000000000000dd" in x]
+    assert line.startswith("warning: ignoring damaged lock locks/00000000000000dd") and "cargohold unlock" in line
+    run("unlock", env=env)
+    assert not (repo / "locks" / "00000000000000dd").exists()
+    assert "00000000000000dd" not in run("backup", "--path", str(src), env=env).stderr
+
+
 def test_skip_if_unchanged_says_so(tmp_path: Path, src: Path) -> None:
     env = {"CARGOHOLD_REPO": str(tmp_path / "repo")}
     run("init", env=env)

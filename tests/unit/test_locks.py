@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -424,7 +425,8 @@ def test_taking_a_lock_expires_locks_of_dead_processes(kind: str, caplog: pytest
         assert f"process {pid} on this host is gone" in line and "\n" not in line
 
 
-def test_taking_a_lock_expires_locks_not_refreshed_and_keeps_fresh_ones() -> None:
+def test_taking_a_lock_expires_locks_not_refreshed_and_keeps_fresh_ones(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="cargohold.repo.locks")
     backend = MemoryBackend()
     fake_lock(backend, "locks/00000000000000aa", age=3600)  # another host, not refreshed for an hour
     fake_lock(backend, EXCLUSIVE, kind="exclusive", age=3600, operation="prune")
@@ -435,6 +437,8 @@ def test_taking_a_lock_expires_locks_not_refreshed_and_keeps_fresh_ones() -> Non
     with m.shared("backup"):
         pass
     assert lock_names(backend) == ["locks/00000000000000bb", "locks/00000000000000cc", "locks/00000000000000dd"]
+    (named,) = [r.getMessage() for r in caplog.records if "00000000000000dd" in r.getMessage()]
+    assert "damaged lock" in named and "cargohold unlock" in named  # damage is named, not silently ignored
     assert m.remove_stale() == 1  # the damaged one
     assert lock_names(backend) == ["locks/00000000000000bb", "locks/00000000000000cc"]
 

@@ -8,6 +8,7 @@ exit code by :func:`main` (codes in :mod:`cargohold.cli.exit_codes`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import traceback
@@ -95,10 +96,40 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("CARGOHOLD_DEBUG", "") not in ("", "0")
 
 
+class _LevelPrefix(logging.Formatter):
+    """``warning: message`` — the shape of every other warning the CLI prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests replace it)."""
+
+    _cargohold_cli = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _setup_logging(debug: bool) -> None:
+    """The library's log records (``cargohold.*``) go to stderr: warnings always, debug
+    records with ``--debug``. Set once per process; a second call changes only the level."""
+    logger = logging.getLogger("cargohold")
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not any(getattr(h, "_cargohold_cli", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LevelPrefix("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = _debug_requested(args)
+    _setup_logging(debug)
     try:
         result = app(args=args, prog_name="cargohold", standalone_mode=False)
     except CargoholdError as err:

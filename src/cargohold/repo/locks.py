@@ -293,12 +293,16 @@ class LockManager:
     def _expire_stale(self) -> None:
         """Delete the stale locks of others before taking one, so the locks of killed
         processes do not pile up. Damaged locks are left to ``cargohold unlock`` (one written
-        by a newer cargohold may only look damaged). Best effort: a failure here is logged
+        by a newer cargohold may only look damaged) and named in a warning. Best effort: a failure here is logged
         and the acquisition goes on (stale locks are ignored anyway)."""
         own = self._own_names()
         try:
             for info in self.list():
-                if info.stale and not info.damaged and info.name not in own:
+                if info.name in own or not info.stale:
+                    continue
+                if info.damaged:
+                    log.warning("ignoring %s: remove it with `cargohold unlock`", info.describe())
+                else:
                     self._delete_if_unchanged(info)
         except BackendError as err:
             log.warning("could not remove stale locks: %s", err)
