@@ -5,6 +5,7 @@ images [NAME ...]    build the missing test images (default: all)
 second-engine        start the second, independent engine; print its URL
 stop-second-engine   stop it (--purge also deletes its data)
 status               what answers and which images are up to date
+sshd start|stop|status   a private OpenSSH sshd on 127.0.0.1 (SFTP tests)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cargohold.testbed.engine import (
 )
 from cargohold.testbed.images import ensure_images, image_status
 from cargohold.testbed.recipes import IMAGE_NAMES
+from cargohold.testbed.sshd import default_base, sshd_status, start_sshd, stop_sshd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +54,24 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--purge", action="store_true", help="also delete its data")
     status = sub.add_parser("status", help="what answers and which images are up to date")
     status.add_argument("--base", type=Path, default=DEFAULT_SECOND_BASE)
+    sshd = sub.add_parser("sshd", help="a private OpenSSH sshd on 127.0.0.1 for the SFTP tests")
+    sshd.add_argument("action", choices=["start", "stop", "status"])
+    sshd.add_argument("--base", type=Path, default=None, help=f"its state directory (default {default_base()})")
     return parser
+
+
+def _sshd(action: str, base: Path | None) -> int:
+    if action == "stop":
+        print("stopped" if stop_sshd(base) else "was not running")
+        return 0
+    server = start_sshd(base) if action == "start" else sshd_status(base or default_base())
+    if server is None:
+        print("not running")
+        return 1
+    print(f"sftp://{server.user}@{server.host}:{server.port}{server.data}")
+    print("# ssh config block (key and known_hosts of the test bed):")
+    print(server.ssh_config("cargohold-testbed"), end="")
+    return 0
 
 
 def _status(base: Path) -> int:
@@ -85,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}\t{ref}")
         elif args.command == "second-engine":
             print(ensure_second_engine(args.base))
+        elif args.command == "sshd":
+            return _sshd(args.action, args.base)
         elif args.command == "stop-second-engine":
             was = stop_second_engine(args.base, purge=args.purge)
             print("stopped" if was else "was not running")

@@ -1,0 +1,752 @@
+"""A backend on an SFTP server: ``sftp://[USER@]HOST[:PORT]/PATH[?OPTIONS]``.
+
+``HOST`` may be a Host alias of the ssh config; PATH is absolute (``/srv/repo``), or
+relative to the login directory when it starts with ``~`` (``sftp://host/~/repo``).
+Options (in the query string; no secrets there, the URL alone reopens the store):
+
+* ``ssh_config=PATH`` — the ssh config file to read (default ``~/.ssh/config``; ``none``);
+* ``connections=N`` — how many SSH connections the backend opens at most (default 4);
+* ``timeout=SECONDS`` — for connecting and for every request (default 30).
+
+The connection (ssh config, agent, strict known_hosts) is :mod:`cargohold.backends._ssh`.
+
+**Writes.** ``store`` writes a temporary file in the object's folder (``.NAME~tmp~TAG``,
+TAG naming the writer like :class:`~cargohold.backends.local.LocalBackend`'s), fsyncs it
+(``fsync@openssh.com``), renames it over the object (``posix-rename@openssh.com``, atomic)
+and fsyncs the folder (a directory opened read-only, then ``fsync@openssh.com``: OpenSSH
+allows it). ``create`` writes and fsyncs a complete temporary file and publishes it with
+``hardlink@openssh.com``, which fails when the name is taken: a reader never sees a
+half-written lock, and of racing creators exactly one wins. Servers without these
+extensions get the SFTP v3 fallbacks: ``rename`` (which must not replace an existing
+name) for ``create``, remove-then-rename for ``store`` (the object is missing for a
+moment), no fsync. Folders (``data/xx/``) are created on demand.
+
+**Errors.** No such file → ObjectNotFound; a lost or stalled connection →
+``BackendIOError(transient=True)`` (the connection is dropped; the next call opens a new
+one); permission denied, a refused login or an unknown host key → a non-transient error
+that says what to check.
+
+**Threads.** Calls may come from several threads: each takes one of at most
+:attr:`SFTPBackend.connections` SSH connections (one SFTP channel each) from a pool, opened
+on demand; requests are pipelined within a call (reads and writes of 64 KiB, up to 64 in
+flight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat as stat_mod
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import paramiko
+from paramiko.message import Message
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_FSTAT,
+    CMD_HANDLE,
+    CMD_INIT,
+    CMD_OPEN,
+    CMD_READ,
+    CMD_REMOVE,
+    CMD_STATUS,
+    CMD_VERSION,
+    CMD_WRITE,
+    SFTP_EOF,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_WRITE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    SFTP_PERMISSION_DENIED,
+    int64,
+)
+from paramiko.sftp_attr import SFTPAttributes
+
+from cargohold.backends._ssh import DEFAULT_TIMEOUT, Connection, SSHEnv, Target, connect, resolve
+from cargohold.backends.base import Leftover, ObjectInfo, check_name
+from cargohold.backends.leftovers import legacy_pid, parse_writer_tag, this_writer, writer_tag
+from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
+
+__all__ = ["DEFAULT_CONNECTIONS", "SFTPBackend", "SFTPLocation", "open_url", "parse_url"]
+
+DEFAULT_CONNECTIONS = 4
+_TMP_MARK = "~tmp~"
+_CHUNK = 64 * 1024
+_WINDOW = 64
+_OPTIONS = {"ssh_config", "connections", "timeout"}
+
+T = TypeVar("T")
+
+
+# --- URL -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SFTPLocation:
+    host: str
+    user: str | None
+    port: int | None
+    #: The repository's folder on the server: absolute, or relative to the login directory.
+    path: str
+    ssh_config: str | None
+    connections: int
+    timeout: float
+
+
+def parse_url(url: str) -> SFTPLocation:
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sftp" or not parts.hostname:
+        raise UsageError(f"not an SFTP URL: {url!r}", hint="use sftp://[USER@]HOST[:PORT]/PATH")
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"bad port in {url!r}") from None
+    path = unquote(parts.path)
+    if path.startswith("/~"):
+        path = path[2:].lstrip("/")  # relative to the login directory
+    elif not path.startswith("/") or path == "/":
+        raise UsageError(
+            f"SFTP URL {url!r} needs the repository's path",
+            hint="use sftp://HOST/absolute/path, or sftp://HOST/~/path for a path in the login directory",
+        )
+    path = path.rstrip("/")
+    if any(seg in (".", "..") for seg in path.split("/")):
+        raise UsageError(f"SFTP URL {url!r}: '.' and '..' are not allowed in the path")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - _OPTIONS)
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(unknown)} in SFTP URL {url!r}",
+            hint=f"known: {', '.join(sorted(_OPTIONS))}",
+        )
+    try:
+        connections = int(query.get("connections", DEFAULT_CONNECTIONS))
+        timeout = float(query.get("timeout", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise UsageError(f"SFTP URL {url!r}: connections must be a whole number, timeout a number of seconds") from None
+    if connections < 1 or timeout <= 0:
+        raise UsageError(f"SFTP URL {url!r}: connections must be >= 1 and timeout > 0")
+    return SFTPLocation(
+        host=parts.hostname,
+        user=unquote(parts.username) if parts.username else None,
+        port=port,
+        path=path,
+        ssh_config=query.get("ssh_config"),
+        connections=connections,
+        timeout=timeout,
+    )
+
+
+def open_url(url: str) -> SFTPBackend:
+    """The backend ``url`` names, with the ssh setup of this process's environment."""
+    loc = parse_url(url)
+    env = SSHEnv.from_environ(os.environ, config_file=loc.ssh_config)
+    return SFTPBackend(url, env=env)
+
+
+# --- one SFTP channel ------------------------------------------------------------------------
+
+
+class _Client(paramiko.SFTPClient):
+    """paramiko's SFTP client, keeping the extensions the server announces."""
+
+    extensions: dict[str, bytes]
+
+    def _send_version(self) -> int:
+        msg = Message()
+        msg.add_int(3)
+        self._send_packet(CMD_INIT, msg)  # type: ignore[attr-defined]
+        kind, data = self._read_packet()  # type: ignore[attr-defined]
+        if kind != CMD_VERSION:
+            raise paramiko.SFTPError("incompatible SFTP protocol")
+        reply = Message(data)
+        version = reply.get_int()
+        self.extensions = {}
+        while reply.get_remainder():
+            name = reply.get_text()
+            self.extensions[name] = reply.get_binary()
+        return version
+
+
+class _Replies:
+    """Collects the answers to pipelined requests (paramiko hands them to ``_async_response``)."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, Message]] = {}
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        self.got[num] = (kind, msg)
+
+
+class _Session:
+    """A connection and its SFTP channel, used by one thread at a time."""
+
+    def __init__(self, conn: Connection, timeout: float) -> None:
+        self.conn = conn
+        chan = conn.transport.open_session(timeout=timeout)
+        chan.settimeout(timeout)
+        chan.invoke_subsystem("sftp")
+        self.sftp = _Client(chan)
+        self.ext = self.sftp.extensions
+        self.pid = os.getpid()
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self.conn.alive()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sftp.close()
+        self.conn.close()
+
+    # -- requests
+
+    def _request(self, kind: int, *args: Any) -> tuple[int, Message]:
+        result: tuple[int | None, Message | None] = self.sftp._request(kind, *args)  # type: ignore[attr-defined]
+        assert result[0] is not None and result[1] is not None
+        return result[0], result[1]
+
+    def _send(self, replies: _Replies, kind: int, *args: Any) -> int:
+        num: int = self.sftp._async_request(replies, kind, *args)  # type: ignore[attr-defined]
+        return num
+
+    def _wait(self, replies: _Replies, num: int) -> tuple[int, Message]:
+        while num not in replies.got:
+            self.sftp._read_response()  # type: ignore[attr-defined]
+        return replies.got.pop(num)
+
+    def _check_status(self, kind: int, msg: Message) -> None:
+        if kind != CMD_STATUS:
+            raise paramiko.SFTPError(f"expected a status, got message type {kind}")
+        code = msg.get_int()
+        if code != SFTP_OK:
+            _raise_status(code, msg.get_text())
+
+    def open(self, path: str, flags: int) -> bytes:
+        attrs = SFTPAttributes()
+        if flags & SFTP_FLAG_CREATE:
+            attrs.st_mode = 0o600
+        kind, msg = self._request(CMD_OPEN, path, flags, attrs)
+        if kind != CMD_HANDLE:
+            raise paramiko.SFTPError(f"expected a handle, got message type {kind}")
+        return msg.get_binary()
+
+    def close_handle(self, handle: bytes) -> None:
+        self._request(CMD_CLOSE, handle)
+
+    def remove_async(self, path: str) -> None:
+        """Remove without waiting for the answer (a later request reads and drops it)."""
+        self.sftp._async_request(type(None), CMD_REMOVE, path)  # type: ignore[attr-defined]
+
+    def close_async(self, handle: bytes) -> None:
+        """Close without waiting: the answer is read (and dropped) by a later request."""
+        self.sftp._async_request(type(None), CMD_CLOSE, handle)  # type: ignore[attr-defined]
+
+    def fstat(self, handle: bytes) -> SFTPAttributes:
+        _kind, msg = self._request(CMD_FSTAT, handle)
+        return SFTPAttributes._from_msg(msg)  # type: ignore[attr-defined,no-any-return]
+
+    def fsync(self, handle: bytes) -> None:
+        if "fsync@openssh.com" in self.ext:
+            self._request(CMD_EXTENDED, "fsync@openssh.com", handle)
+
+    def write_file(self, path: str, data: memoryview) -> None:
+        """Create ``path`` (which must not exist), write ``data``, fsync, close."""
+        handle = self.open(path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL)
+        try:
+            replies = _Replies()
+            pending: list[int] = []
+            for off in range(0, len(data), _CHUNK):
+                if len(pending) >= _WINDOW:
+                    self._check_status(*self._wait(replies, pending.pop(0)))
+                pending.append(self._send(replies, CMD_WRITE, handle, int64(off), bytes(data[off : off + _CHUNK])))
+            for num in pending:
+                self._check_status(*self._wait(replies, num))
+            self.fsync(handle)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.close_async(handle)
+            raise
+        self.close_handle(handle)
+
+    def read_file(self, path: str, offset: int, length: int | None) -> bytes:
+        handle = self.open(path, SFTP_FLAG_READ)
+        try:
+            attrs = self.fstat(handle)
+            if attrs.st_mode is not None and not stat_mod.S_ISREG(attrs.st_mode):
+                raise FileNotFoundError(errno.ENOENT, "not a regular file")
+            size = attrs.st_size or 0
+            end = size if length is None else min(size, offset + length)
+            return self._read_range(handle, offset, end)
+        finally:
+            with contextlib.suppress(Exception):
+                self.close_async(handle)
+
+    def _read_range(self, handle: bytes, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of an open file, by pipelined reads (a short answer, which a
+        server may give, is followed by a new request from where it ended)."""
+        out = bytearray()
+        replies = _Replies()
+        pending: list[tuple[int, int]] = []  # (request, length asked)
+        next_off = pos = start
+        while pos < end:
+            while next_off < end and len(pending) < _WINDOW:
+                n = min(_CHUNK, end - next_off)
+                pending.append((self._send(replies, CMD_READ, handle, int64(next_off), n), n))
+                next_off += n
+            num, n = pending.pop(0)
+            kind, msg = self._wait(replies, num)
+            if kind == CMD_STATUS:
+                code = msg.get_int()
+                if code == SFTP_EOF:  # the file is shorter than its size said
+                    break
+                _raise_status(code, msg.get_text())
+            if kind != CMD_DATA:
+                raise paramiko.SFTPError(f"expected data, got message type {kind}")
+            piece = msg.get_binary()
+            out += piece
+            pos += len(piece)
+            if len(piece) < n:
+                for num2, _n in pending:  # answers to requests past the gap: drop them
+                    self._wait(replies, num2)
+                pending.clear()
+                next_off = pos
+        for num, _n in pending:
+            self._wait(replies, num)
+        return bytes(out)
+
+    def fsync_dir(self, path: str) -> bool:
+        """fsync a folder (an OpenSSH server opens folders as files); False when it cannot."""
+        if "fsync@openssh.com" not in self.ext:
+            return False
+        try:
+            handle = self.open(path or ".", SFTP_FLAG_READ)
+        except OSError:
+            return False
+        replies = _Replies()
+        sync = self._send(replies, CMD_EXTENDED, "fsync@openssh.com", handle)
+        self.close_async(handle)
+        kind, msg = self._wait(replies, sync)
+        try:
+            self._check_status(kind, msg)
+        except OSError:
+            return False
+        return True
+
+    def rename_over(self, src: str, dst: str) -> None:
+        if "posix-rename@openssh.com" in self.ext:
+            self._request(CMD_EXTENDED, "posix-rename@openssh.com", src, dst)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.sftp.remove(dst)
+        self.sftp.rename(src, dst)
+
+    def link_new(self, src: str, dst: str) -> None:
+        """Publish ``src`` as ``dst`` only if ``dst`` is free (OSError otherwise)."""
+        if "hardlink@openssh.com" in self.ext:
+            self._request(CMD_EXTENDED, "hardlink@openssh.com", src, dst)
+        else:
+            self.sftp.rename(src, dst)  # SFTP v3: fails when dst exists
+
+    def makedirs(self, path: str) -> None:
+        """Create folder ``path`` and its missing parents."""
+        try:
+            self.sftp.mkdir(path, 0o700)
+            return
+        except FileNotFoundError:
+            parent = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
+            if parent in ("", path):
+                raise
+            self.makedirs(parent)
+        except OSError:
+            if self.is_dir(path):
+                return
+            raise
+        try:
+            self.sftp.mkdir(path, 0o700)
+        except OSError:
+            if not self.is_dir(path):
+                raise
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return stat_mod.S_ISDIR(self.sftp.stat(path).st_mode or 0)
+        except OSError:
+            return False
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp.lstat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def listdir(self, path: str) -> list[SFTPAttributes]:
+        return sorted(self.sftp.listdir_attr(path or "."), key=lambda a: a.filename)
+
+
+def _raise_status(code: int, text: str) -> None:
+    """Raise an error status as paramiko does: FileNotFoundError, PermissionError, else an
+    OSError without errno (see :func:`_is_status_error`)."""
+    if code == SFTP_NO_SUCH_FILE:
+        raise FileNotFoundError(errno.ENOENT, text)
+    if code == SFTP_PERMISSION_DENIED:
+        raise PermissionError(errno.EACCES, text)
+    raise OSError(text or f"SFTP status {code}")
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+
+class _Pool:
+    """At most ``size`` sessions; a session that failed mid-request is closed, not reused."""
+
+    def __init__(self, opener: Callable[[], _Session], size: int) -> None:
+        self._open = opener
+        self.size = size
+        self._idle: list[_Session] = []
+        self._busy = 0
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        self.closed = False
+
+    def _take(self) -> _Session:
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours
+                self._idle, self._busy, self._pid = [], 0, os.getpid()
+            while True:
+                if self.closed:
+                    raise BackendIOError("the SFTP backend is closed")
+                while self._idle:
+                    s = self._idle.pop()
+                    if s.alive():
+                        self._busy += 1
+                        return s
+                    s.close()
+                if self._busy < self.size:
+                    self._busy += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._open()
+        except BaseException:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify()
+            raise
+
+    def _give(self, s: _Session, broken: bool) -> None:
+        with self._cond:
+            self._busy -= 1
+            if broken or self.closed or not s.alive():
+                s.close()
+            else:
+                self._idle.append(s)
+            self._cond.notify()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[_Session]:
+        s = self._take()
+        broken = True
+        try:
+            yield s
+            broken = False
+        except (FileNotFoundError, PermissionError, ObjectExists, ObjectNotFound, UsageError):
+            broken = False  # a clean answer of the server: the channel is in step
+            raise
+        except OSError as err:
+            broken = not _is_status_error(err)
+            raise
+        finally:
+            self._give(s, broken)
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for s in idle:
+            s.close()
+
+
+def _is_status_error(err: OSError) -> bool:
+    """An SFTP status answer turned into an OSError (the channel is in step): no such file,
+    permission denied, or any other status (an OSError without errno, e.g. "Failure")."""
+    return isinstance(err, FileNotFoundError | PermissionError) or (type(err) is OSError and err.errno is None)
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+class SFTPBackend:
+    """Objects are files under a folder of an SFTP server; ``a/b/c`` is ``PATH/a/b/c``."""
+
+    def __init__(self, url: str, *, env: SSHEnv) -> None:
+        loc = parse_url(url)
+        self.url = url
+        self._loc = loc
+        self._env = env
+        self._root = loc.path
+        #: How many connections this backend opens at most (the repository's threads share them).
+        self.connections: int = loc.connections
+        self.timeout = loc.timeout
+        self._target: Target | None = None
+        self._dir_fsync = True
+        self._pool = _Pool(self._open_session, self.connections)
+
+    def __repr__(self) -> str:
+        return f"SFTPBackend({self.url!r})"
+
+    # -- connections
+
+    def _resolve(self) -> Target:
+        if self._target is None:
+            self._target = resolve(
+                self._loc.host, env=self._env, user=self._loc.user, port=self._loc.port, timeout=self.timeout
+            )
+        return self._target
+
+    def _open_session(self) -> _Session:
+        target = self._resolve()
+        conn = connect(target, self._env, timeout=self.timeout)
+        try:
+            return _Session(conn, self.timeout)
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            conn.close()
+            if isinstance(err, paramiko.ChannelException | paramiko.SFTPError) or "subsystem" in str(err):
+                raise BackendIOError(
+                    f"{target.where} offers no SFTP service: {err}",
+                    hint="enable the sftp subsystem in the server's sshd_config",
+                ) from err
+            raise self._lost(err, "opening the SFTP channel") from err
+
+    def _lost(self, err: BaseException, what: str) -> BackendIOError:
+        target = self._resolve()
+        reason = "timed out" if isinstance(err, TimeoutError) else (str(err) or type(err).__name__)
+        return BackendIOError(
+            f"the SFTP connection to {target.where} failed while {what}: {reason}",
+            hint="check the network and the server; a retry reconnects",
+            transient=True,
+        )
+
+    def _call(self, what: str, fn: Callable[[_Session], T], *, missing: Callable[[], BackendError] | None = None) -> T:
+        """Run ``fn`` on a pooled session, translating errors; ``missing`` builds the error of a
+        "no such file" answer (ObjectNotFound by default)."""
+        try:
+            with self._pool.session() as s:
+                return fn(s)
+        except BackendError:
+            raise
+        except FileNotFoundError as err:
+            raise (missing() if missing else ObjectNotFound(f"{what} does not exist in {self.url}")) from err
+        except PermissionError as err:
+            raise BackendIOError(
+                f"permission denied on {what} in {self.url}",
+                hint=f"check the owner and mode of the repository folder on the server "
+                f"(logged in as {self._resolve().user})",
+            ) from err
+        except (TimeoutError, EOFError, paramiko.SSHException, ConnectionError) as err:
+            raise self._lost(err, what) from err
+        except OSError as err:
+            if _is_status_error(err):
+                raise BackendIOError(f"{what} in {self.url}: the server says {err}") from err
+            raise self._lost(err, what) from err
+
+    def _path(self, name: str) -> str:
+        check_name(name)
+        return f"{self._root}/{name}" if self._root else name
+
+    def _dir_of(self, path: str) -> str:
+        return path.rsplit("/", 1)[0] if "/" in path else ""
+
+    def _temp(self, path: str) -> str:
+        folder, _, base = path.rpartition("/")
+        tmp = f".{base}{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
+        return f"{folder}/{tmp}" if folder else tmp
+
+    def _write_temp(self, s: _Session, path: str, data: memoryview) -> str:
+        tmp = self._temp(path)
+        try:
+            s.write_file(tmp, data)
+        except FileNotFoundError:
+            s.makedirs(self._dir_of(path))
+            s.write_file(tmp, data)
+        return tmp
+
+    def _sync_dir(self, s: _Session, folder: str) -> None:
+        if self._dir_fsync and not s.fsync_dir(folder):
+            self._dir_fsync = False
+
+    # -- Backend protocol
+
+    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise UsageError(f"invalid range offset={offset} length={length} for {name!r}")
+        path = self._path(name)
+        return self._call(f"object {name!r}", lambda s: s.read_file(path, offset, length))
+
+    def store(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        view = memoryview(data).cast("B")
+
+        def run(s: _Session) -> None:
+            tmp = self._write_temp(s, path, view)
+            try:
+                s.rename_over(tmp, path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    s.sftp.remove(tmp)
+                raise
+            self._sync_dir(s, self._dir_of(path))
+
+        self._call(f"object {name!r}", run, missing=lambda: self._vanished(name))
+
+    def _vanished(self, name: str) -> BackendError:
+        return BackendIOError(f"cannot write object {name!r} in {self.url}: its folder vanished", transient=True)
+
+    def create(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        view = memoryview(data).cast("B")
+
+        def run(s: _Session) -> None:
+            tmp = self._write_temp(s, path, view)
+            try:
+                try:
+                    s.link_new(tmp, path)
+                except OSError as err:
+                    clash = _is_status_error(err) and not isinstance(err, FileNotFoundError | PermissionError)
+                    if clash and s.exists(path):
+                        raise ObjectExists(f"object {name!r} already exists in {self.url}") from None
+                    raise
+            finally:
+                with contextlib.suppress(Exception):
+                    s.remove_async(tmp)
+            self._sync_dir(s, self._dir_of(path))
+
+        self._call(f"object {name!r}", run, missing=lambda: self._vanished(name))
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+
+        def run(s: _Session) -> None:
+            try:
+                s.sftp.remove(path)
+            except OSError as err:
+                if _is_status_error(err) and not isinstance(err, FileNotFoundError) and s.is_dir(path):
+                    raise ObjectNotFound(f"object {name!r} does not exist in {self.url}") from None
+                raise
+
+        self._call(f"object {name!r}", run)
+
+    def stat(self, name: str) -> ObjectInfo:
+        path = self._path(name)
+
+        def run(s: _Session) -> ObjectInfo:
+            attrs = s.sftp.stat(path)
+            if not stat_mod.S_ISREG(attrs.st_mode or 0):
+                raise ObjectNotFound(f"object {name!r} does not exist in {self.url}")
+            return ObjectInfo(name, attrs.st_size or 0)
+
+        return self._call(f"object {name!r}", run)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        if base:
+            check_name(base.rstrip("/"))
+        # Listed whole on one session, then yielded: a caller may use the backend meanwhile.
+        found = self._call("the listing", lambda s: list(self._walk(s, base, prefix)))
+        yield from found
+
+    def _folder(self, rel: str) -> str:
+        rel = rel.rstrip("/")
+        if not rel:
+            return self._root
+        return f"{self._root}/{rel}" if self._root else rel
+
+    def _walk(self, s: _Session, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = s.listdir(self._folder(rel))
+        except FileNotFoundError:
+            return
+        for a in entries:
+            if _TMP_MARK in a.filename:
+                continue
+            name = rel + a.filename
+            mode = a.st_mode or 0
+            if stat_mod.S_ISLNK(mode):  # follow links, as the local backend does
+                try:
+                    linked = s.sftp.stat(self._folder(name))
+                except FileNotFoundError:
+                    continue
+                mode, a = linked.st_mode or 0, linked
+            if stat_mod.S_ISDIR(mode):
+                sub = name + "/"
+                if sub.startswith(prefix) or prefix.startswith(sub):
+                    yield from self._walk(s, sub, prefix)
+            elif stat_mod.S_ISREG(mode) and name.startswith(prefix):
+                yield ObjectInfo(name, a.st_size or 0)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- leftovers (HasLeftovers)
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """Temporary files of writes (interrupted, or still running: the caller judges)."""
+        found = self._call("the listing of temporary files", lambda s: list(self._walk_leftovers(s, "")))
+        yield from found
+
+    def _walk_leftovers(self, s: _Session, rel: str) -> Iterator[Leftover]:
+        try:
+            entries = s.listdir(self._folder(rel))
+        except FileNotFoundError:
+            return
+        for a in entries:
+            mode = a.st_mode or 0
+            if _TMP_MARK not in a.filename:
+                if stat_mod.S_ISDIR(mode):
+                    yield from self._walk_leftovers(s, rel + a.filename + "/")
+                continue
+            if not stat_mod.S_ISREG(mode):
+                continue
+            tag = a.filename.rsplit(_TMP_MARK, 1)[1]
+            writer = parse_writer_tag(tag)
+            kind = "temporary file"
+            if writer is None and legacy_pid(tag) is not None:
+                kind = f"temporary file of pid {legacy_pid(tag)} (host not recorded)"
+            yield Leftover(rel + a.filename, a.st_size or 0, float(a.st_mtime or 0), writer, kind)
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        """Remove the temporary file, unless it changed since it was listed."""
+        parts = leftover.name.split("/")
+        if _TMP_MARK not in parts[-1] or any(p in ("", ".", "..") or _TMP_MARK in p for p in parts[:-1]):
+            raise UsageError(f"{leftover.name!r} is no temporary file of {self.url}")
+        path = self._folder(leftover.name)
+
+        def run(s: _Session) -> bool:
+            try:
+                a = s.sftp.lstat(path)
+            except FileNotFoundError:
+                return False
+            if (
+                not stat_mod.S_ISREG(a.st_mode or 0)
+                or (a.st_size or 0) != leftover.size
+                or float(a.st_mtime or 0) != leftover.modified
+            ):
+                return False
+            try:
+                s.sftp.remove(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return self._call(f"temporary file {leftover.name!r}", run)

@@ -1,0 +1,244 @@
+"""A private OpenSSH sshd on 127.0.0.1: a real SFTP server for the SFTP backend's tests.
+
+:func:`start_sshd` makes a state directory (generated ed25519 host and client keys,
+``authorized_keys``, ``known_hosts``, its own ``sshd_config``: key-only login as the
+current user, ``internal-sftp``), starts ``sshd -D`` on a free port of 127.0.0.1 and
+waits for its banner. :func:`stop_sshd` stops it by its recorded PID and removes the
+directory. Debian's ``openssh-server`` and ``openssh-client`` are installed when missing
+(as root). Nothing of the user's own ``~/.ssh`` is read or written: a client uses the
+files of :class:`Sshd` (:meth:`Sshd.ssh_config` writes a config block for them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cargohold.errors import TestbedError
+from cargohold.testbed._system import apt_install, log, log_tail
+
+SSHD = Path("/usr/sbin/sshd")
+PACKAGES = ("openssh-server", "openssh-client")
+
+# Popen objects of the servers we started, so they are not reaped as garbage mid-run.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def default_base() -> Path:
+    """Where ``python -m cargohold.testbed sshd start`` keeps its server (per user)."""
+    return Path(tempfile.gettempdir()) / f"cargohold-sshd-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class Sshd:
+    """A running test sshd and the client-side files that reach it."""
+
+    base: Path
+    port: int
+    pid: int
+    user: str
+    host: str = "127.0.0.1"
+
+    @property
+    def client_key(self) -> Path:
+        return self.base / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.base / "known_hosts"
+
+    @property
+    def host_public_key(self) -> Path:
+        return self.base / "host_ed25519.pub"
+
+    @property
+    def data(self) -> Path:
+        """A directory for test repositories (the server's file system is this machine's)."""
+        return self.base / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base / "sshd.log"
+
+    def ssh_config(self, alias: str, *, known_hosts: Path | None = None, key: Path | None = None) -> str:
+        """An ssh_config block naming this server ``alias``, with its key and known_hosts."""
+        return (
+            f"Host {alias}\n"
+            f"    HostName {self.host}\n"
+            f"    Port {self.port}\n"
+            f"    User {self.user}\n"
+            f"    IdentityFile {key or self.client_key}\n"
+            f"    IdentitiesOnly yes\n"
+            f"    IdentityAgent none\n"
+            f"    UserKnownHostsFile {known_hosts or self.known_hosts}\n"
+        )
+
+    def session_pids(self) -> list[int]:
+        """The sshd processes serving connections (children of the listener)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == self.pid:
+                pids.append(int(entry.name))
+        return sorted(pids)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def sshd_status(base: Path) -> Sshd | None:
+    """The sshd recorded in ``base`` when it still runs."""
+    try:
+        info = json.loads((base / "sshd.json").read_text())
+    except (OSError, ValueError):
+        return None
+    sshd = Sshd(base=base, port=int(info["port"]), pid=int(info["pid"]), user=str(info["user"]))
+    return sshd if _pid_alive(sshd.pid) else None
+
+
+def _ensure_installed() -> None:
+    if SSHD.exists() and shutil.which("ssh-keygen"):
+        return
+    apt_install(list(PACKAGES), why="the SFTP tests need OpenSSH")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _config(base: Path, port: int) -> str:
+    return (
+        f"ListenAddress 127.0.0.1:{port}\n"
+        f"HostKey {base / 'host_ed25519'}\n"
+        f"PidFile {base / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PubkeyAuthentication yes\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        # the state directory may sit under a world-writable /tmp
+        "StrictModes no\n"
+        "AllowTcpForwarding yes\n"
+        "MaxStartups 100:30:200\n"
+        "MaxSessions 50\n"
+        "Subsystem sftp internal-sftp\n"
+        "LogLevel VERBOSE\n"
+    )
+
+
+def _banner(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            return s.recv(64).startswith(b"SSH-2.0-")
+    except OSError:
+        return False
+
+
+def start_sshd(base: Path | None = None, *, timeout: float = 15.0) -> Sshd:
+    """Start a private sshd whose state lives in ``base`` (reused when it runs already)."""
+    base = base or default_base()
+    running = sshd_status(base)
+    if running is not None:
+        return running
+    _ensure_installed()
+    stop_sshd(base)
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o700)
+    (base / "data").mkdir()
+    _keygen(base / "host_ed25519", "cargohold-testbed-host")
+    _keygen(base / "id_ed25519", "cargohold-testbed-client")
+    shutil.copy(base / "id_ed25519.pub", base / "authorized_keys")
+    (base / "authorized_keys").chmod(0o600)
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
+    user = getpass.getuser()
+    last = ""
+    for _attempt in range(3):  # a free port may be taken between our probe and sshd's bind
+        port = _free_port()
+        host_key = (base / "host_ed25519.pub").read_text().split()[:2]
+        (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
+        (base / "sshd_config").write_text(_config(base, port))
+        check = subprocess.run([str(SSHD), "-t", "-f", str(base / "sshd_config")], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise TestbedError(f"sshd rejects its test config: {check.stderr.strip()}")
+        log.info("starting sshd on 127.0.0.1:%d (state: %s)", port, base)
+        proc = subprocess.Popen(
+            [str(SSHD), "-D", "-f", str(base / "sshd_config"), "-E", str(base / "sshd.log")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _STARTED.append(proc)
+        sshd = Sshd(base=base, port=port, pid=proc.pid, user=user)
+        (base / "sshd.json").write_text(json.dumps({"port": port, "pid": proc.pid, "user": user}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _banner(port):
+                return sshd
+            time.sleep(0.05)
+        last = log_tail(base / "sshd.log")
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    raise TestbedError(f"sshd did not start: {last}", hint=f"see {base / 'sshd.log'}")
+
+
+def stop_sshd(base: Path | None = None) -> bool:
+    """Stop the sshd recorded in ``base`` (and the sessions it serves); remove ``base``.
+
+    False when none was running."""
+    base = base or default_base()
+    sshd = sshd_status(base)
+    if sshd is not None:
+        sessions = sshd.session_pids()
+        for pid in [sshd.pid, *sessions]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _pid_alive(sshd.pid):
+            time.sleep(0.05)
+        if _pid_alive(sshd.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sshd.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(sshd.pid, os.WNOHANG)
+    shutil.rmtree(base, ignore_errors=True)
+    return sshd is not None
