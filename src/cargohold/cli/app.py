@@ -18,7 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from cargohold import __version__
-from cargohold.cli import audit, docker_state, exit_codes, inventory, keys, migrate, repository
+from cargohold.cli import audit, copy_snapshots, docker_state, exit_codes, inventory, keys, migrate, repository
 from cargohold.cli.context import AppState, current_state
 from cargohold.errors import CargoholdError, UsageError
 
@@ -85,7 +85,7 @@ def _root(
 
 
 def _register_commands() -> None:
-    for module in (inventory, repository, keys, audit, docker_state, migrate):
+    for module in (inventory, repository, copy_snapshots, keys, audit, docker_state, migrate):
         module.register(app)
 
 

@@ -28,6 +28,7 @@ from cargohold.cli.common import (
     repo_url,
     snapshot_json,
 )
+from cargohold.cli.copy_snapshots import FromPasswordFileOpt, open_from
 from cargohold.cli.output import human_bytes, print_json, print_table
 from cargohold.errors import UsageError
 from cargohold.model.consistency import Mode
@@ -73,11 +74,31 @@ def _mode_string(n: Node) -> str:
 # --- commands ----------------------------------------------------------------------------
 
 
-def init(repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
+def init(
+    repo: RepoOpt = None,
+    password_file: PasswordFileOpt = None,
+    chunker_params_from: Annotated[
+        str | None,
+        typer.Option(
+            "--copy-chunker-params-from",
+            help="Share blob ids with this repository (chunker parameters, chunker seed, blob id key), so "
+            "copy-snapshots between the two transfers only what is missing.",
+            metavar="URL",
+        ),
+    ] = None,
+    from_password_file: FromPasswordFileOpt = None,
+) -> None:
     """Create a new encrypted repository."""
     url = repo_url(repo)
-    r = svc.init_repository(url, password(password_file, confirm=True))
+    pw = password(password_file, confirm=True)
+    if chunker_params_from is None:
+        r = svc.init_repository(url, pw)
+    else:
+        with open_from(chunker_params_from, from_password_file, pw) as like:
+            r = svc.init_repository(url, pw, like=like)
     print(f"created repository {r.config.id} at {url}")
+    if chunker_params_from is not None:
+        print(f"blob ids shared with {chunker_params_from}: copy-snapshots between the two copies only what is missing")
     note("keep the password safe: without it the data cannot be read back")
     note("recommended: keep an export of the key apart from the repository: `cargohold key export --paper`")
 

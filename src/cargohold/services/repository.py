@@ -30,7 +30,7 @@ from cargohold.errors import (
 )
 from cargohold.model.backups import BackupRecord, index_from_snapshots
 from cargohold.repo import keys as keyslots
-from cargohold.repo import verifications
+from cargohold.repo import sharedparams, verifications
 from cargohold.repo.archiver import Archiver, BackupOptions, BackupResult
 from cargohold.repo.checker import Checker, CheckReport
 from cargohold.repo.format import pack_name
@@ -102,10 +102,18 @@ def locks_of(repo: Repository) -> LockManager:
     return LockManager(repo.backend, wait=_lock_wait())
 
 
-def init_repository(url: str, password: str, *, kdf: keyslots.KdfParams | None = None) -> Repository:
+def init_repository(
+    url: str, password: str, *, kdf: keyslots.KdfParams | None = None, like: Repository | None = None
+) -> Repository:
+    """Create a repository; with ``like``, one sharing its blob id key, chunker seed and
+    chunker parameters (:mod:`cargohold.repo.sharedparams`), so snapshots copy between them."""
     if not password:
         raise UsageError("an empty password is not allowed")
     backend = open_backend(url)
+    if like is not None:
+        sharedparams.init_like(backend, password, like, kdf=kdf or keyslots.KdfParams.from_env())
+        backend.close()
+        return open_repository(url, password)
     return Repository.init(backend, password, kdf=kdf or keyslots.KdfParams.from_env())
 
 

@@ -1,0 +1,114 @@
+"""What two repositories must share so that a blob has the same id in both — the condition
+for copying snapshots between them by blob id (``cargohold copy-snapshots``) — and a new
+repository that shares it with an existing one (``cargohold init --copy-chunker-params-from``).
+
+A blob id is the BLAKE3 of the plaintext keyed with the master key's ``id_key``, and the
+plaintexts are the chunks the chunker cuts, whose cut points depend on the master key's
+``chunker_seed`` and on the config's chunker parameters. So "the same chunker parameters"
+means all three:
+
+* ``id_key`` — without it the ids differ for equal data: a copy could not tell what the
+  target already has, and every tree (which lists its files' blob ids) would have to be
+  rewritten;
+* ``chunker_seed`` and ``config.chunker`` — without them the target's own backups of the
+  same files cut other chunks than the copies did, so they would not deduplicate against
+  each other.
+
+The AES key (``enc_key``) is never shared: each repository keeps its own, and a copy
+re-encrypts every blob under the target's key.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from cargohold.backends.base import Backend
+from cargohold.errors import ObjectExists, ObjectNotFound, RepositoryError, RepositoryExists, UsageError
+from cargohold.repo import keys
+from cargohold.repo.crypto import KEY_LEN, MasterKey
+from cargohold.repo.repository import CONFIG_NAME, RepoConfig, Repository
+
+COPY_HINT_OPTION = "--copy-chunker-params-from"
+
+
+class ChunkerParamsDiffer(RepositoryError):
+    """Two repositories do not share blob id key, chunker seed and chunker parameters."""
+
+
+def differences(a: Repository, b: Repository) -> list[str]:
+    """What of the blob id key, the chunker seed and the chunker parameters differs between
+    two open repositories (empty: blob ids agree, so snapshots copy by id)."""
+    out = []
+    if not secrets.compare_digest(a.key.id_key, b.key.id_key):
+        out.append("blob id key")
+    if a.key.chunker_seed != b.key.chunker_seed:
+        out.append("chunker seed")
+    if a.config.chunker != b.config.chunker:
+        out.append("chunker parameters")
+    return out
+
+
+def require_same(source: Repository, target: Repository) -> None:
+    """Raise :class:`ChunkerParamsDiffer` (one line, with what to do) unless blob ids agree."""
+    diff = differences(source, target)
+    if diff:
+        raise ChunkerParamsDiffer(
+            f"{target.backend.url} and {source.backend.url} differ in {', '.join(diff)}: the same data has "
+            "other blob ids in each, so snapshots cannot be copied between them",
+            hint=(
+                f"create the target with `cargohold init {COPY_HINT_OPTION} {source.backend.url}` "
+                "and copy into that one"
+            ),
+        )
+
+
+def sharing_master_key(like: MasterKey) -> MasterKey:
+    """A new master key with its own AES key and the blob id key and chunker seed of ``like``."""
+    return MasterKey(
+        enc_key=secrets.token_bytes(KEY_LEN),
+        id_key=like.id_key,
+        chunker_seed=like.chunker_seed,
+    )
+
+
+def init_like(
+    backend: Backend,
+    password: str,
+    like: Repository,
+    *,
+    kdf: keys.KdfParams | None = None,
+) -> str:
+    """Create a repository on ``backend`` whose blob ids and chunks agree with ``like``'s (same
+    blob id key, chunker seed and chunker parameters; its own AES key and repository id);
+    returns its key slot id. Open it with :meth:`Repository.open` (which proves the slot).
+
+    The same steps and checks as :meth:`Repository.init` (key slot first, then the config,
+    created only if absent), with the master key derived from ``like``'s instead of drawn.
+    """
+    if not password:
+        raise UsageError("an empty password is not allowed")
+    try:
+        backend.stat(CONFIG_NAME)
+    except ObjectNotFound:
+        pass
+    else:
+        raise RepositoryExists(f"a repository exists already at {backend.url}")
+    if any(True for _ in backend.list("keys/")):
+        raise RepositoryExists(
+            f"{backend.url} has key files but no config: it is a repository whose config is lost",
+            hint="restore the config with `cargohold repair config` (or `cargohold key import FILE`)",
+        )
+    master = sharing_master_key(like.key)
+    config = RepoConfig(
+        id=secrets.token_hex(16),
+        created=datetime.now(UTC).isoformat(),
+        chunker=like.config.chunker,
+        compression_level=like.config.compression_level,
+    )
+    key_id = keys.create_key(backend, password, master, label="initial", kdf=kdf, config=config)
+    try:
+        backend.create(CONFIG_NAME, config.encode())
+    except ObjectExists:
+        raise RepositoryExists(f"a repository exists already at {backend.url}") from None
+    return key_id

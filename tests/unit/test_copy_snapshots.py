@@ -1,0 +1,409 @@
+"""copy-snapshots: snapshots from one repository into another (3-2-1), only the blobs the
+target lacks, re-encrypted, idempotent and resumable; init --copy-chunker-params-from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cargohold.cli import exit_codes
+from cargohold.cli.app import main
+from cargohold.errors import IntegrityError, SnapshotNotFound, WrongPassword
+from cargohold.repo.format import pack_name
+from cargohold.repo.keys import KdfParams
+from cargohold.repo.repository import Repository
+from cargohold.repo.sharedparams import ChunkerParamsDiffer
+from cargohold.services import repository as svc
+from cargohold.services.copy_snapshots import CopySettings, Selection, copy_snapshots
+
+FAST = KdfParams.FAST
+
+
+def write_random(path: Path, size: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(random.Random(seed).randbytes(size))
+
+
+def state(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Every entry below ``root``: type and mode, mtime, size and content digest."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            digest = hashlib.sha256(Path(p).read_bytes()).hexdigest() if os.path.isfile(p) else ""
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_mtime_ns, st.st_size, digest)
+    return out
+
+
+def init(path: Path, password: str = "pw", like: Repository | None = None) -> Repository:
+    return svc.init_repository(str(path), password, kdf=FAST, like=like)
+
+
+def reopen(repo: Repository, password: str = "pw") -> Repository:
+    return svc.open_repository(repo.backend.url, password)
+
+
+@pytest.fixture()
+def sources(tmp_path: Path) -> tuple[Path, Path]:
+    """Two source directories: a few MiB of random data in several files each."""
+    a, b = tmp_path / "data" / "a", tmp_path / "data" / "b"
+    write_random(a / "big.bin", 3_000_000, 1)
+    write_random(a / "sub" / "mid.bin", 1_200_000, 2)
+    (a / "sub" / "small.txt").write_text("small\n")
+    write_random(b / "other.bin", 2_000_000, 3)
+    os.symlink("other.bin", b / "link")
+    return a, b
+
+
+@pytest.fixture()
+def three(tmp_path: Path, sources: tuple[Path, Path]) -> Iterator[tuple[Repository, list[str]]]:
+    """A source repository with three snapshots: a, b, then a again after a change."""
+    a, b = sources
+    src = init(tmp_path / "src")
+    ids = [svc.backup(src, a).snapshot.id, svc.backup(src, b).snapshot.id]  # type: ignore[union-attr]
+    write_random(a / "sub" / "new.bin", 900_000, 4)
+    ids.append(svc.backup(src, a).snapshot.id)  # type: ignore[union-attr]
+    yield src, ids
+    src.close()
+
+
+def assert_restores_alike(src: Repository, dst: Repository, src_id: str, dst_id: str, tmp_path: Path) -> None:
+    one, two = tmp_path / f"r-{src_id[:8]}-src", tmp_path / f"r-{dst_id[:8]}-dst"
+    _, res1 = svc.restore(src, src_id, one)
+    _, res2 = svc.restore(dst, dst_id, two)
+    assert not res1.damaged and not res2.damaged
+    assert state(one) == state(two) and state(one)
+
+
+# --- copying ---------------------------------------------------------------------------------
+
+
+def test_copy_all_then_again_copies_nothing(tmp_path: Path, three: tuple[Repository, list[str]]) -> None:
+    src, ids = three
+    dst = init(tmp_path / "dst", like=src)
+    res = copy_snapshots(src, dst)
+    assert [e.source_id for e in res.copied] == ids and not res.skipped
+    stored = sum(size for _, size in src.list_packs())
+    assert 0 < res.bytes <= stored and res.raw_bytes >= 6_200_000
+
+    report = svc.check(reopen(dst), read_data=True)
+    assert report.ok and report.snapshots == 3, report.damage
+    by_source = {e.source_id: e.target_id for e in res.copied}
+    for sid in ids:
+        assert_restores_alike(src, dst, sid, by_source[sid], tmp_path)
+
+    copied = {s.id: s for s in svc.snapshots(reopen(dst))}
+    for s in svc.snapshots(src):
+        c = copied[by_source[s.id]]
+        assert (c.tree, c.time, c.source, c.hostname, c.tags, c.paths, c.stats) == (
+            s.tree,
+            s.time,
+            s.source,
+            s.hostname,
+            s.tags,
+            s.paths,
+            s.stats,
+        )
+    # the third snapshot's parent is the first: in the target, the first one's copy
+    third = copied[by_source[ids[2]]]
+    assert third.parent == by_source[ids[0]]
+
+    again = copy_snapshots(reopen(src), reopen(dst))
+    assert not again.copied and [e.target_id for e in again.skipped] == [by_source[i] for i in ids]
+    assert (again.blobs, again.bytes, again.raw_bytes) == (0, 0, 0)
+    assert len(reopen(dst).list_snapshot_ids()) == 3
+
+
+def test_latest_and_source_select(
+    tmp_path: Path, three: tuple[Repository, list[str]], sources: tuple[Path, Path]
+) -> None:
+    src, ids = three
+    a, b = (str(p) for p in sources)
+    dst = init(tmp_path / "dst", like=src)
+    res = copy_snapshots(src, dst, Selection(latest=1))
+    assert [e.source_id for e in res.copied] == [ids[1], ids[2]]  # the newest of b, the newest of a
+
+    dst2 = init(tmp_path / "dst2", like=src)
+    res = copy_snapshots(src, dst2, Selection(sources=(a,)))
+    assert [e.source_id for e in res.copied] == [ids[0], ids[2]]
+    assert {s.source.name for s in svc.snapshots(reopen(dst2))} == {a}
+    res = copy_snapshots(src, dst2, Selection(sources=(a, b)))  # only b is new there
+    assert [e.source_id for e in res.copied] == [ids[1]] and len(res.skipped) == 2
+
+    with pytest.raises(SnapshotNotFound, match="no snapshot of source"):
+        copy_snapshots(src, dst2, Selection(sources=("/no/such/source",)))
+    dst3 = init(tmp_path / "dst3", like=src)
+    res = copy_snapshots(src, dst3, Selection(refs=(ids[1][:10],)))
+    assert [e.source_id for e in res.copied] == [ids[1]]
+    assert copy_snapshots(src, dst3, Selection(tags=("nightly",))).snapshots == []
+
+
+def test_second_copy_transfers_only_the_new_blobs(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+    a, _ = sources
+    src = init(tmp_path / "src")
+    dst = init(tmp_path / "dst", like=src)
+    first = svc.backup(src, a).snapshot
+    assert first is not None
+    res1 = copy_snapshots(src, dst)
+    assert res1.bytes == first.stats.added_bytes and res1.raw_bytes == first.stats.added_raw_bytes
+
+    write_random(a / "added.bin", 1_500_000, 9)  # new data; the rest is unchanged
+    second = svc.backup(src, a).snapshot
+    assert second is not None and 1_500_000 <= second.stats.added_raw_bytes < 1_600_000
+    res2 = copy_snapshots(reopen(src), reopen(dst))
+    assert [e.source_id for e in res2.copied] == [second.id] and len(res2.skipped) == 1
+    # exactly what the incremental backup added: the payloads are re-encrypted as they are
+    assert res2.blobs == second.stats.blobs_added
+    assert res2.bytes == second.stats.added_bytes
+    assert res2.raw_bytes == second.stats.added_raw_bytes
+    assert svc.check(reopen(dst), read_data=True).ok
+
+
+def test_target_backups_deduplicate_against_copies(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+    """The point of --copy-chunker-params-from: the same files backed up straight into the
+    target store nothing new after a copy (same cut points, same ids)."""
+    a, _ = sources
+    src = init(tmp_path / "src")
+    dst = init(tmp_path / "dst", like=src)
+    svc.backup(src, a)
+    copy_snapshots(src, dst)
+    direct = svc.backup(reopen(dst), a, ignore_inode=True).snapshot
+    assert direct is not None and direct.stats.bytes > 4_000_000
+    assert direct.stats.added_raw_bytes < 2000  # at most the changed root tree (atime)
+
+
+def test_different_passwords(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+    a, _ = sources
+    src = init(tmp_path / "src", "source-secret")
+    svc.backup(src, a)
+    dst = init(tmp_path / "dst", "target-secret", like=src)
+    res = copy_snapshots(src, dst)
+    assert len(res.copied) == 1
+    with pytest.raises(WrongPassword):
+        svc.open_repository(dst.backend.url, "source-secret")
+    dst2 = svc.open_repository(dst.backend.url, "target-secret")
+    assert svc.check(dst2, read_data=True).ok
+    (sid,) = dst2.list_snapshot_ids()
+    assert_restores_alike(src, dst2, res.copied[0].source_id, sid, tmp_path)
+    # each repository keeps its own AES key: the target's packs do not open with the source's
+    assert src.key.enc_key != dst2.key.enc_key and src.key.id_key == dst2.key.id_key
+
+
+# --- what must agree ---------------------------------------------------------------------------
+
+
+def test_init_copy_chunker_params_shares_ids_not_the_aes_key(tmp_path: Path) -> None:
+    src = init(tmp_path / "src")
+    dst = init(tmp_path / "dst", like=src)
+    assert dst.key.id_key == src.key.id_key and dst.key.chunker_seed == src.key.chunker_seed
+    assert dst.key.enc_key != src.key.enc_key
+    assert dst.config.chunker == src.config.chunker and dst.config.id != src.config.id
+    assert reopen(dst).key == dst.key  # what was written opens again
+    other = init(tmp_path / "other")
+    assert other.key.id_key != src.key.id_key
+
+
+def test_refused_when_blob_ids_differ(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+    a, _ = sources
+    src = init(tmp_path / "src")
+    svc.backup(src, a)
+    dst = init(tmp_path / "dst")  # not made with --copy-chunker-params-from
+    with pytest.raises(ChunkerParamsDiffer, match="blob id key, chunker seed") as err:
+        copy_snapshots(src, dst)
+    assert "--copy-chunker-params-from" in str(err.value)
+    assert dst.list_snapshot_ids() == [] and list(dst.list_packs()) == []
+    assert not list(dst.backend.list("locks/")) and not list(src.backend.list("locks/"))
+
+
+def test_damaged_source_data_commits_nothing(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+    a, _ = sources
+    src = init(tmp_path / "src")
+    snap = svc.backup(src, a).snapshot
+    assert snap is not None
+    src.load_index()
+    node = src.node_at(snap.tree, "big.bin")
+    assert node is not None
+    loc = src.index.lookup(node.content[1])
+    assert loc is not None
+    path = tmp_path / "src" / pack_name(loc.pack)
+    data = bytearray(path.read_bytes())
+    data[loc.offset + 40] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    dst = init(tmp_path / "dst", like=src)
+    with pytest.raises(IntegrityError, match="authentication failed"):
+        copy_snapshots(reopen(src), dst)
+    assert reopen(dst).list_snapshot_ids() == []
+
+
+# --- interrupted --------------------------------------------------------------------------------
+
+KILLED_COPY = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cargohold.services import repository as svc
+    from cargohold.services.copy_snapshots import CopySettings, copy_snapshots
+
+    class KillAfter:
+        done = 0
+        def start(self, phase, total_bytes=None): pass
+        def advance(self, nbytes=0, items=0):
+            self.done += nbytes
+            if self.done >= int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+        def finish(self): pass
+
+    src = svc.open_repository(sys.argv[1], "pw")
+    dst = svc.open_repository(sys.argv[2], "pw")
+    copy_snapshots(src, dst, settings=CopySettings(checkpoint_bytes=1 << 20), progress=KillAfter())
+    print("not killed")
+    """
+)
+
+
+def test_killed_copy_resumes_and_prune_leaves_nothing_unreferenced(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for i in range(12):
+        write_random(data / f"f{i:02d}.bin", 1_000_000, 100 + i)
+    src = init(tmp_path / "src")
+    snap = svc.backup(src, data).snapshot
+    assert snap is not None
+    dst = init(tmp_path / "dst", like=src)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_COPY, str(tmp_path / "src"), str(tmp_path / "dst"), "6000000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, (proc.returncode, proc.stdout, proc.stderr)
+    target = reopen(dst)
+    assert target.list_snapshot_ids() == []  # no snapshot without its data
+    target.load_index()
+    kept = sum(loc.length for _, loc in target.index.blobs())
+    assert kept >= 4_000_000  # the checkpoints' index files keep the work done
+
+    res = copy_snapshots(reopen(src), reopen(dst))
+    assert len(res.copied) == 1
+    assert res.bytes + kept == snap.stats.added_bytes  # the rest, and only the rest
+    report = svc.check(reopen(dst), read_data=True)
+    assert report.ok, report.damage
+    (tid,) = reopen(dst).list_snapshot_ids()
+    assert_restores_alike(src, reopen(dst), snap.id, tid, tmp_path)
+
+    svc.prune(reopen(dst))  # what the killed copy wrote after its last index file
+    again = svc.prune(reopen(dst), dry_run=True)
+    assert (again.blobs_unused, again.packs_unused, again.packs_unindexed, again.leftovers_removed) == (0, 0, 0, 0)
+    after = svc.check(reopen(dst), read_data=True)
+    assert after.ok and not after.leftovers and not [w for w in after.warnings if "unused" in w or "index" in w]
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for k in list(os.environ):
+        if k.startswith("CARGOHOLD_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("CARGOHOLD_KDF", "fast")
+    (tmp_path / "src-pw").write_text("source-secret\n")
+    (tmp_path / "dst-pw").write_text("target-secret\n")
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_copy_snapshots(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], sources: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = cli_env
+    a, b = (str(p) for p in sources)
+    src, dst, plain = str(t / "src"), str(t / "dst"), str(t / "plain")
+    spw, dpw = ("--password-file", str(t / "src-pw")), ("--password-file", str(t / "dst-pw"))
+    assert run(capsys, "init", "--repo", src, *spw)[0] == 0
+    for path in (a, b, a):
+        assert run(capsys, "backup", "--path", path, "--repo", src, *spw)[0] == 0
+
+    # a target with its own blob ids is refused in one line, exit 6
+    assert run(capsys, "init", "--repo", plain, *dpw)[0] == 0
+    code, _, err = run(
+        capsys, "copy-snapshots", "--from", src, "--from-password-file", str(t / "src-pw"), "--repo", plain, *dpw
+    )
+    assert code == exit_codes.REPOSITORY == 6
+    assert err.count("\n") == 1 and "--copy-chunker-params-from" in err and "Traceback" not in err
+
+    # init --copy-chunker-params-from: the source's password is asked for by its own option
+    code, _, err = run(capsys, "init", "--repo", dst, *dpw, "--copy-chunker-params-from", src)
+    assert code == exit_codes.WRONG_PASSWORD and "--from-password-file" in err and err.count("\n") == 1
+    code, out, _ = run(
+        capsys,
+        "init",
+        "--repo",
+        dst,
+        *dpw,
+        "--copy-chunker-params-from",
+        src,
+        "--from-password-file",
+        str(t / "src-pw"),
+    )
+    assert code == 0 and "blob ids shared with" in out
+    code, _, err = run(
+        capsys,
+        "init",
+        "--repo",
+        dst,
+        *dpw,
+        "--copy-chunker-params-from",
+        src,
+        "--from-password-file",
+        str(t / "src-pw"),
+    )
+    assert code == exit_codes.REPOSITORY and "exists already" in err
+
+    # the source's password from the environment; --latest 1 per source
+    monkeypatch.setenv("CARGOHOLD_FROM_PASSWORD", "source-secret")
+    code, out, err = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw, "--latest", "1", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["snapshots_copied"], doc["snapshots_skipped"]) == (2, 0) and doc["bytes"] > 0
+    assert {e["source"] for e in doc["snapshots"]} == {a, b}
+
+    code, out, _ = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw, "--json")
+    doc = json.loads(out)
+    assert code == 0 and (doc["snapshots_copied"], doc["snapshots_skipped"]) == (1, 2)
+    code, out, _ = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw)
+    assert code == 0 and "0 snapshot(s) copied, 3 already here; 0 blobs, 0 B transferred" in out
+
+    code, out, _ = run(capsys, "check", "--read-data", "--repo", dst, *dpw)
+    assert code == 0 and "no errors" in out
+    code, _, err = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw, "--source", "/nope")
+    assert code == exit_codes.NOT_FOUND and err.count("\n") == 1
+    code, _, err = run(capsys, "copy-snapshots", "--repo", dst, *dpw)
+    assert code == exit_codes.USAGE and "--from" in err
+
+    # without a source password of its own, the target's is tried, and the error says so
+    monkeypatch.delenv("CARGOHOLD_FROM_PASSWORD")
+    code, _, err = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw)
+    assert code == exit_codes.WRONG_PASSWORD and "target's password" in err and err.count("\n") == 1
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(Exception, match="at least 1"):
+        CopySettings(threads=0)
