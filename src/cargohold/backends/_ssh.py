@@ -115,11 +115,29 @@ class Target:
         return f"{self.user}@{shown}:{self.port}"
 
 
+class _Config(paramiko.SSHConfig):
+    """paramiko's ssh config, with ``~`` and ``%d`` meaning :attr:`SSHEnv.home` (paramiko
+    would read ``$HOME`` of this process)."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__()
+        self._home = str(home)
+
+    def _tokenize(self, config: Any, target_hostname: str, key: str, value: str) -> str:
+        if key in ("identityfile", "proxycommand"):
+            value = _expand_home(value, Path(self._home)).replace("%d", self._home)
+        result: str = super()._tokenize(config, target_hostname, key, value)  # type: ignore[misc]
+        return result
+
+
 def _read_config(env: SSHEnv) -> paramiko.SSHConfig:
+    config = _Config(env.home)
     if env.config_file is None or not env.config_file.exists():
-        return paramiko.SSHConfig()
+        return config
     try:
-        return paramiko.SSHConfig.from_path(str(env.config_file))
+        with open(env.config_file, encoding="utf-8") as f:
+            config.parse(f)
+        return config
     except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as err:
         raise BackendIOError(
             f"cannot read the ssh config {env.config_file}: {err}", hint="fix the file, or name another"
@@ -233,13 +251,15 @@ def check_host_key(target: Target, key: paramiko.PKey, known: dict[str, list[tup
     name = target.known_hosts_name
     first_file = target.known_hosts_files[0] if target.known_hosts_files else Path("~/.ssh/known_hosts")
     port = f"-p {target.port} " if target.port != 22 else ""
+    # `ssh ALIAS` reads the alias's settings (Port, UserKnownHostsFile) from the ssh config
+    ssh_once = f"ssh {target.alias}" if target.alias != target.hostname else f"ssh {port}{target.hostname}"
     if ours:
         files = sorted({str(p) for p, _k in ours})
         raise HostKeyError(
             f"the {key_type} host key of {name} has CHANGED (now {fp}; {', '.join(files)} has another): "
             "someone may be intercepting the connection, or the server was reinstalled",
             hint=f"if the change is expected, remove the old key with `ssh-keygen -R '{name}' -f {files[0]}` "
-            f"and accept the new one (`ssh {port}{target.hostname}` once, comparing the fingerprint)",
+            f"and accept the new one (`{ssh_once}` once, comparing the fingerprint)",
             key_type=key_type,
             fingerprint=fp,
         )
@@ -248,7 +268,7 @@ def check_host_key(target: Target, key: paramiko.PKey, known: dict[str, list[tup
         f"the host key of {name} is not known: {key_type} {fp}{other}",
         hint=f"check the fingerprint with the server's admin, then accept it: "
         f"`ssh-keyscan {port}-t {_short_type(key_type)} {target.hostname} >> {first_file}` "
-        f"(or `ssh {port}{target.hostname}` once)",
+        f"(or `{ssh_once}` once)",
         key_type=key_type,
         fingerprint=fp,
     )
