@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from cargohold.repo.repository import Repository
 from cargohold.repo.sharedparams import ChunkerParamsDiffer
 from cargohold.services import repository as svc
 from cargohold.services.copy_snapshots import CopySettings, Selection, copy_snapshots
+from cargohold.testbed.sshd import Sshd
 
 FAST = KdfParams.FAST
 
@@ -307,6 +310,42 @@ def test_killed_copy_resumes_and_prune_leaves_nothing_unreferenced(tmp_path: Pat
     assert (again.blobs_unused, again.packs_unused, again.packs_unindexed, again.leftovers_removed) == (0, 0, 0, 0)
     after = svc.check(reopen(dst), read_data=True)
     assert after.ok and not after.leftovers and not [w for w in after.warnings if "unused" in w or "index" in w]
+
+
+# --- a remote repository -----------------------------------------------------------------------
+
+
+def test_local_to_sftp_to_local(tmp_path: Path, sources: tuple[Path, Path], sshd_server: Sshd) -> None:
+    """The same code against a real OpenSSH server (the test bed's sshd): local -> SFTP, then
+    SFTP -> another local repository; each copy checks clean and restores bit-exact."""
+    a, b = sources
+    config = tmp_path / "ssh_config"
+    config.write_text(sshd_server.ssh_config("copy-sftp"))
+    folder = sshd_server.data / f"copy-{uuid.uuid4().hex[:12]}"
+    try:
+        src = init(tmp_path / "src")
+        first = svc.backup(src, a).snapshot
+        assert first is not None
+        svc.backup(src, b)
+        remote = svc.init_repository(f"sftp://copy-sftp{folder}?ssh_config={config}", "pw", kdf=FAST, like=src)
+        res = copy_snapshots(src, remote)
+        assert len(res.copied) == 2 and res.bytes == _blob_bytes(src)  # everything the source stores
+        assert svc.check(remote, read_data=True).ok
+        back = init(tmp_path / "back", like=remote)
+        res2 = copy_snapshots(remote, back, Selection(sources=(str(a),)))
+        assert [e.source_id for e in res2.copied] == [res.copied[0].target_id]
+        assert res2.bytes == first.stats.added_bytes
+        assert_restores_alike(src, back, first.id, res2.copied[0].target_id, tmp_path)
+        assert not copy_snapshots(src, remote).copied
+        remote.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _blob_bytes(repo: Repository) -> int:
+    """Stored bytes of every blob a repository's index lists."""
+    repo.load_index()
+    return sum(loc.length for _, loc in repo.index.blobs())
 
 
 # --- the command line ---------------------------------------------------------------------------
