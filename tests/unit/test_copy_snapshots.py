@@ -249,6 +249,28 @@ def test_damaged_source_data_commits_nothing(tmp_path: Path, sources: tuple[Path
     assert reopen(dst).list_snapshot_ids() == []
 
 
+def test_a_damaged_source_snapshot_stops_no_other(
+    tmp_path: Path,
+    three: tuple[Repository, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src, ids = three
+    obj = tmp_path / "src" / "snapshots" / ids[1]
+    obj.chmod(0o644)
+    obj.write_bytes(obj.read_bytes()[:-1] + b"\0")
+    dst = init(tmp_path / "dst", like=src)
+    res = copy_snapshots(reopen(src), dst)
+    assert [e.source_id for e in res.copied] == [ids[0], ids[2]] and list(res.unreadable) == [ids[1]]
+    assert svc.check(reopen(dst), read_data=True).ok
+
+    monkeypatch.setenv("CARGOHOLD_PASSWORD", "pw")
+    code, out, err = run(capsys, "copy-snapshots", "--from", str(tmp_path / "src"), "--repo", str(tmp_path / "dst"))
+    assert code == exit_codes.INTEGRITY and "0 snapshot(s) copied, 2 already here" in out
+    assert err.startswith(f"warning: snapshot {ids[1][:8]} of ") and "not copied" in err
+
+
 # --- interrupted --------------------------------------------------------------------------------
 
 KILLED_COPY = textwrap.dedent(

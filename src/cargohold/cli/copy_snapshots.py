@@ -16,11 +16,13 @@ from typing import Annotated, Any
 import typer
 
 from cargohold.backends import url_with_options
+from cargohold.cli import exit_codes
 from cargohold.cli.common import (
     JsonOpt,
     PasswordFileOpt,
     ProgressOpt,
     RepoOpt,
+    note,
     password,
     progress_for,
     read_password_file,
@@ -142,9 +144,12 @@ def copy_snapshots(
             res = copysvc.copy_snapshots(src, target, selection, settings=settings, progress=progress_for(progress))
     finally:
         target.close()
+    for sid, why in sorted(res.unreadable.items()):
+        note(f"warning: snapshot {sid[:8]} of {src.backend.url} is damaged and was not copied: {why}")
     if json:
         print_json(
             {
+                "unreadable": dict(sorted(res.unreadable.items())),
                 "from": src.backend.url,
                 "to": target.backend.url,
                 "snapshots_copied": len(res.copied),
@@ -156,7 +161,13 @@ def copy_snapshots(
                 "snapshots": [_entry_json(e) for e in res.snapshots],
             }
         )
-        return
+    else:
+        _print_text(res)
+    if res.unreadable:
+        raise typer.Exit(exit_codes.INTEGRITY)
+
+
+def _print_text(res: copysvc.CopyResult) -> None:
     for e in res.snapshots:
         if e.copied:
             print(

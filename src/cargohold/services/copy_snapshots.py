@@ -120,6 +120,8 @@ class SnapshotCopy:
 @dataclass
 class CopyResult:
     snapshots: list[SnapshotCopy] = field(default_factory=list)
+    #: Source snapshots that could not be read (id -> why): not copied, the others were.
+    unreadable: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
 
     @property
@@ -200,7 +202,9 @@ def copy_snapshots(
 
     Raises :class:`~cargohold.repo.sharedparams.ChunkerParamsDiffer` when the two do not share
     blob ids, :class:`~cargohold.errors.IntegrityError` when the source's data is damaged
-    (nothing is committed for the snapshot being copied then), and the lock errors.
+    (nothing is committed for the snapshot being copied then), and the lock errors. A source
+    snapshot that cannot be read at all is listed in :attr:`CopyResult.unreadable`, the
+    others are copied.
     """
     require_same(source, target)
     shown = progress or NullProgress()
@@ -212,7 +216,7 @@ def copy_snapshots(
         target_locks.shared(f"copy-snapshots from {source.backend.url}"),
         source_locks.shared(f"copy-snapshots to {target.backend.url}"),
     ):
-        everything = source.snapshots()
+        everything = source.snapshots(errors=result.unreadable)  # a damaged one stops no other
         chosen = select(source, selection, everything)
         source.load_index()
         # Snapshots, then the index (as a backup reads its parents): a snapshot is written
