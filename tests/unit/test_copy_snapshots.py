@@ -19,9 +19,10 @@ import pytest
 
 from cargohold.cli import exit_codes
 from cargohold.cli.app import main
-from cargohold.errors import IntegrityError, SnapshotNotFound, WrongPassword
+from cargohold.errors import IntegrityError, RepositoryLocked, SnapshotNotFound, WrongPassword
 from cargohold.repo.format import pack_name
 from cargohold.repo.keys import KdfParams
+from cargohold.repo.locks import LockManager
 from cargohold.repo.repository import Repository
 from cargohold.repo.sharedparams import ChunkerParamsDiffer
 from cargohold.services import repository as svc
@@ -120,6 +121,8 @@ def test_copy_all_then_again_copies_nothing(tmp_path: Path, three: tuple[Reposit
     # the third snapshot's parent is the first: in the target, the first one's copy
     third = copied[by_source[ids[2]]]
     assert third.parent == by_source[ids[0]]
+
+    assert not list(dst.backend.list("locks/")) and not list(src.backend.list("locks/"))  # released
 
     again = copy_snapshots(reopen(src), reopen(dst))
     assert not again.copied and [e.target_id for e in again.skipped] == [by_source[i] for i in ids]
@@ -226,6 +229,19 @@ def test_refused_when_blob_ids_differ(tmp_path: Path, sources: tuple[Path, Path]
     assert "--copy-chunker-params-from" in str(err.value)
     assert dst.list_snapshot_ids() == [] and list(dst.list_packs()) == []
     assert not list(dst.backend.list("locks/")) and not list(src.backend.list("locks/"))
+
+
+def test_waits_for_no_exclusive_lock_on_either_side(tmp_path: Path, three: tuple[Repository, list[str]]) -> None:
+    """Shared locks, as a backup (target) and a restore (source) take: an exclusive holder
+    (key changes, prune's deletions) on either repository stops the copy before it writes."""
+    src, _ = three
+    dst = init(tmp_path / "dst", like=src)
+    for held in (src, dst):
+        with LockManager(held.backend).exclusive("key passwd"), pytest.raises(RepositoryLocked):
+            copy_snapshots(src, dst)
+        assert dst.list_snapshot_ids() == [] and list(dst.list_packs()) == []
+    with LockManager(src.backend).shared("backup"), LockManager(dst.backend).shared("backup"):
+        assert len(copy_snapshots(src, dst).copied) == 3  # beside backups into either
 
 
 def test_damaged_source_data_commits_nothing(tmp_path: Path, sources: tuple[Path, Path]) -> None:
