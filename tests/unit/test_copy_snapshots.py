@@ -474,6 +474,11 @@ def test_cli_copy_snapshots(
     assert code == exit_codes.NOT_FOUND and err.count("\n") == 1
     code, _, err = run(capsys, "copy-snapshots", "--repo", dst, *dpw)
     assert code == exit_codes.USAGE and "--from" in err
+    code, _, err = run(capsys, "copy-snapshots", "--from", str(t / "nothing"), "--repo", dst, *dpw)
+    assert code == exit_codes.REPOSITORY and "no repository at" in err and "check --from " in err
+    code, _, err = run(capsys, "init", "--repo", str(t / "new"), *dpw, "--copy-chunker-params-from", str(t / "nothing"))
+    assert code == exit_codes.REPOSITORY and "check --copy-chunker-params-from " in err
+    assert not (t / "new").exists() or not list((t / "new").iterdir())  # nothing created
 
     # without a source password of its own, the target's is tried, and the error says so
     monkeypatch.delenv("CARGOHOLD_FROM_PASSWORD")

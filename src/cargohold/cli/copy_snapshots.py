@@ -30,7 +30,7 @@ from cargohold.cli.common import (
 )
 from cargohold.cli.context import current_state
 from cargohold.cli.output import human_bytes, print_json
-from cargohold.errors import UsageError, WrongPassword
+from cargohold.errors import RepositoryNotFound, UsageError, WrongPassword
 from cargohold.repo.repository import Repository
 from cargohold.services import copy_snapshots as copysvc
 from cargohold.services import repository as svc
@@ -66,12 +66,16 @@ def from_password(password_file: str | None, target_password: str) -> tuple[str,
 
 
 @contextmanager
-def open_from(url: str, password_file: str | None, target_password: str) -> Iterator[Repository]:
-    """Open the source repository (``--from`` of copy-snapshots, ``--copy-chunker-params-from``
-    of init) with its password; a wrong one says how to give the right one."""
+def open_from(url: str, password_file: str | None, target_password: str, *, option: str) -> Iterator[Repository]:
+    """Open the source repository (``option``: ``--from`` of copy-snapshots,
+    ``--copy-chunker-params-from`` of init) with its password; errors say which repository
+    and how to give the right password."""
     pw, own = from_password(password_file, target_password)
     try:
         r = svc.open_repository(from_url(url), pw)
+    except RepositoryNotFound as err:
+        err.hint = f"check {option} (the repository to copy from)"
+        raise
     except WrongPassword as err:
         err.hint = (
             f"check --from-password-file or ${FROM_PASSWORD_ENV}"
@@ -140,7 +144,7 @@ def copy_snapshots(
     target_password = password(password_file)
     target = svc.open_repository(repo_url(repo), target_password)
     try:
-        with open_from(from_repo, from_password_file, target_password) as src:
+        with open_from(from_repo, from_password_file, target_password, option="--from") as src:
             res = copysvc.copy_snapshots(src, target, selection, settings=settings, progress=progress_for(progress))
     finally:
         target.close()

@@ -94,7 +94,7 @@ def init(
     if chunker_params_from is None:
         r = svc.init_repository(url, pw)
     else:
-        with open_from(chunker_params_from, from_password_file, pw) as like:
+        with open_from(chunker_params_from, from_password_file, pw, option="--copy-chunker-params-from") as like:
             r = svc.init_repository(url, pw, like=like)
     print(f"created repository {r.config.id} at {url}")
     if chunker_params_from is not None:
