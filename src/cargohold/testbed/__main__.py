@@ -6,6 +6,7 @@ second-engine        start the second, independent engine; print its URL
 stop-second-engine   stop it (--purge also deletes its data)
 status               what answers and which images are up to date
 sshd start|stop|status   a private OpenSSH sshd on 127.0.0.1 (SFTP tests)
+rgw start|stop|status    a single-node Ceph RADOS Gateway (S3) on 127.0.0.1 (S3 tests)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cargohold.errors import CargoholdError
+from cargohold.testbed import rgw
 from cargohold.testbed.engine import (
     DEFAULT_SECOND_BASE,
     candidate_hosts,
@@ -57,7 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     sshd = sub.add_parser("sshd", help="a private OpenSSH sshd on 127.0.0.1 for the SFTP tests")
     sshd.add_argument("action", choices=["start", "stop", "status"])
     sshd.add_argument("--base", type=Path, default=None, help=f"its state directory (default {default_base()})")
+    gw = sub.add_parser("rgw", help="a single-node Ceph RADOS Gateway (S3) on 127.0.0.1 for the S3 tests")
+    gw.add_argument("action", choices=["start", "stop", "status"])
+    gw.add_argument("--base", type=Path, default=None, help="its state directory (default: under the state dir)")
+    gw.add_argument("--port", type=int, default=None, help=f"its port (default {rgw.DEFAULT_PORT} when free)")
     return parser
+
+
+def _rgw(action: str, base: Path | None, port: int | None) -> int:
+    if action == "stop":
+        print("stopped" if rgw.stop_rgw(base) else "was not running")
+        return 0
+    server = rgw.start_rgw(base, port=port) if action == "start" else rgw.rgw_status(base)
+    if server is None:
+        print("not running")
+        return 1
+    for key, value in server.env().items():
+        print(f"export {key}={value}")
+    return 0
 
 
 def _sshd(action: str, base: Path | None) -> int:
@@ -106,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(ensure_second_engine(args.base))
         elif args.command == "sshd":
             return _sshd(args.action, args.base)
+        elif args.command == "rgw":
+            return _rgw(args.action, args.base, args.port)
         elif args.command == "stop-second-engine":
             was = stop_second_engine(args.base, purge=args.purge)
             print("stopped" if was else "was not running")
