@@ -20,11 +20,13 @@ import pytest
 from cargohold.cli import exit_codes
 from cargohold.cli.app import main
 from cargohold.errors import IntegrityError, RepositoryLocked, SnapshotNotFound, WrongPassword
-from cargohold.repo.format import pack_name
+from cargohold.repo.format import BlobType, pack_name
+from cargohold.repo.index import Location
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.locks import LockManager
 from cargohold.repo.repository import Repository
 from cargohold.repo.sharedparams import ChunkerParamsDiffer
+from cargohold.services import copy_snapshots as cs
 from cargohold.services import repository as svc
 from cargohold.services.copy_snapshots import CopySettings, Selection, copy_snapshots
 from cargohold.testbed.sshd import Sshd
@@ -292,7 +294,8 @@ def test_a_damaged_source_snapshot_stops_no_other(
 KILLED_COPY = textwrap.dedent(
     """
     import os, signal, sys
-    from cargohold.services import repository as svc
+    from cargohold.services import copy_snapshots as cs
+from cargohold.services import repository as svc
     from cargohold.services.copy_snapshots import CopySettings, copy_snapshots
 
     class KillAfter:
@@ -484,6 +487,30 @@ def test_cli_copy_snapshots(
     monkeypatch.delenv("CARGOHOLD_FROM_PASSWORD")
     code, _, err = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw)
     assert code == exit_codes.WRONG_PASSWORD and "target's password" in err and err.count("\n") == 1
+
+
+def test_reads_join_neighbours_within_limits() -> None:
+    def blob(pack: int, offset: int, length: int) -> cs._Blob:
+        bid = hashlib.sha256(f"{pack}/{offset}".encode()).digest()
+        return cs._Blob(BlobType.DATA, bid, Location(bytes([pack]) * 32, BlobType.DATA, offset, length, length))
+
+    mib = 1 << 20
+    near = [blob(1, 0, mib), blob(1, mib + 100, mib), blob(1, 2 * mib + 100 + cs._MAX_GAP, mib)]  # gap <= max
+    far = [blob(1, 10 * mib, mib)]  # gap > max: a read of its own
+    big = [blob(2, i * 3 * mib, 3 * mib) for i in range(4)]  # contiguous, but 12 MiB > one read
+    blobs = [*reversed(near), *far, *big]
+    jobs = list(cs._jobs(blobs))
+    assert sorted(b.id for j in jobs for b in j.blobs) == sorted(b.id for b in blobs)  # each once
+    for j in jobs:
+        assert all(j.start <= b.loc.offset and b.loc.offset + b.loc.length <= j.end for b in j.blobs)
+        assert j.end - j.start <= cs._MAX_READ and {b.loc.pack for b in j.blobs} == {j.pack}
+    spans = sorted((j.pack[0], j.start, j.end) for j in jobs)
+    assert spans == [
+        (1, 0, 3 * mib + 100 + cs._MAX_GAP),
+        (1, 10 * mib, 11 * mib),
+        (2, 0, 6 * mib),
+        (2, 6 * mib, 12 * mib),
+    ]
 
 
 def test_settings_are_checked() -> None:
