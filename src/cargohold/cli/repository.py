@@ -90,6 +90,9 @@ def init(
 ) -> None:
     """Create a new encrypted repository."""
     url = repo_url(repo)
+    made = svc.prepare_store(url)  # S3: creates the bucket when missing (or says how)
+    if made:
+        print(made)
     pw = password(password_file, confirm=True)
     if chunker_params_from is None:
         r = svc.init_repository(url, pw)

@@ -117,6 +117,18 @@ def init_repository(
     return Repository.init(backend, password, kdf=kdf or keyslots.KdfParams.from_env())
 
 
+def prepare_store(url: str, *, create: bool = True) -> str | None:
+    """Make sure the store of ``url`` can hold a repository before ``init`` writes to it: a
+    backend with a ``prepare(create)`` capability (S3: the bucket) creates what is missing
+    when ``create``, or says how. Returns a line for the user when it did something."""
+    backend = open_backend(url)
+    try:
+        prepare = getattr(backend, "prepare", None)
+        return prepare(create=create) if callable(prepare) else None
+    finally:
+        backend.close()
+
+
 def open_repository(url: str, password: str) -> Repository:
     """Open (without reading the index: the operations do that under their lock)."""
     return Repository.open(open_backend(url), password, load_index=False)
