@@ -294,8 +294,7 @@ def test_a_damaged_source_snapshot_stops_no_other(
 KILLED_COPY = textwrap.dedent(
     """
     import os, signal, sys
-    from cargohold.services import copy_snapshots as cs
-from cargohold.services import repository as svc
+    from cargohold.services import repository as svc
     from cargohold.services.copy_snapshots import CopySettings, copy_snapshots
 
     class KillAfter:
