@@ -19,7 +19,7 @@ import pytest
 
 from cargohold.cli import exit_codes
 from cargohold.cli.app import main
-from cargohold.errors import IntegrityError, RepositoryLocked, SnapshotNotFound, WrongPassword
+from cargohold.errors import BackendError, IntegrityError, RepositoryLocked, SnapshotNotFound, WrongPassword
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import Location
 from cargohold.repo.keys import KdfParams
@@ -29,6 +29,7 @@ from cargohold.repo.sharedparams import ChunkerParamsDiffer
 from cargohold.services import copy_snapshots as cs
 from cargohold.services import repository as svc
 from cargohold.services.copy_snapshots import CopySettings, Selection, copy_snapshots
+from cargohold.testbed.faultproxy import FaultProxy
 from cargohold.testbed.sshd import Sshd
 
 FAST = KdfParams.FAST
@@ -380,6 +381,61 @@ def test_local_to_sftp_to_local(tmp_path: Path, sources: tuple[Path, Path], sshd
         remote.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_connection_reset_mid_copy_then_rerun(
+    tmp_path: Path, sources: tuple[Path, Path], sshd_server: Sshd, direction: str
+) -> None:
+    """Connections reset mid-upload (local -> SFTP) or mid-download (SFTP -> local) through
+    the test bed's fault proxy: the copy completes (retries) or fails with a storage error
+    leaving no snapshot; either way a re-run completes, check --read-data is clean, the
+    restore is bit-exact and prune leaves nothing unused."""
+    a, _ = sources
+    write_random(a / "more.bin", 4_000_000, 7)
+    folder = sshd_server.data / f"copy-{uuid.uuid4().hex[:12]}"
+    with FaultProxy((sshd_server.host, sshd_server.port)) as proxy:
+        hosts = tmp_path / "known_hosts"
+        hosts.write_text(f"[{sshd_server.host}]:{proxy.port} {sshd_server.host_public_key.read_text().strip()}\n")
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            sshd_server.ssh_config("copy-proxied", known_hosts=hosts).replace(
+                f"Port {sshd_server.port}", f"Port {proxy.port}"
+            )
+        )
+        url = f"sftp://copy-proxied{folder}?ssh_config={config}"
+        try:
+            local = init(tmp_path / "local")
+            snap = svc.backup(local, a).snapshot
+            assert snap is not None
+            remote = svc.init_repository(url, "pw", kdf=FAST, like=local)
+            if direction == "up":
+                source, target = local, remote
+            else:
+                copy_snapshots(local, remote)
+                source, target = svc.open_repository(url, "pw"), init(tmp_path / "back", like=local)
+            proxy.reset_after(**{direction: 3_000_000})
+            try:
+                first = copy_snapshots(source, target)
+            except BackendError as err:
+                print(f"first copy failed: {err}")
+                assert svc.open_repository(target.backend.url, "pw").list_snapshot_ids() == []
+            else:
+                print("first copy completed")
+                assert len(first.copied) == 1
+            assert proxy.stats().resets == 1
+            proxy.pass_through()
+            target = svc.open_repository(target.backend.url, "pw")
+            res = copy_snapshots(svc.open_repository(source.backend.url, "pw"), target)
+            assert len(res.copied) + len(res.skipped) == 1
+            assert svc.check(target, read_data=True).ok
+            (tid,) = target.list_snapshot_ids()
+            assert_restores_alike(local, target, snap.id, tid, tmp_path)
+            svc.prune(svc.open_repository(target.backend.url, "pw"))
+            after = svc.prune(svc.open_repository(target.backend.url, "pw"), dry_run=True)
+            assert (after.blobs_unused, after.packs_unused, after.packs_unindexed) == (0, 0, 0)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _blob_bytes(repo: Repository) -> int:
