@@ -9,6 +9,7 @@ its own for the CLI) and passes it in.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -204,11 +205,14 @@ def test_dropped_connection_is_transient_and_the_next_call_reconnects(
 
     t = threading.Thread(target=reader)
     t.start()
-    time.sleep(0.3)
-    for pid in _sessions_of(sshd_server, before):  # the session's sshd processes die mid-transfer
-        os.kill(pid, signal.SIGKILL)
-    t.join(timeout=60)
+    deadline = time.monotonic() + 30
+    while not errors and time.monotonic() < deadline:  # the session's sshd processes die mid-transfer
+        time.sleep(0.3)
+        for pid in _sessions_of(sshd_server, before):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     done.set()
+    t.join(timeout=60)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], BackendIOError), errors
     assert errors[0].transient, errors[0]
@@ -281,7 +285,7 @@ _WRITER = """
 import sys
 from cargohold.backends import open_backend
 b = open_backend(sys.argv[1])
-b.store("data/00/interrupted", bytes(256 * 1024 * 1024))
+b.store("data/00/interrupted", bytes(128 * 1024 * 1024))
 """
 
 

@@ -84,8 +84,8 @@ class Sshd:
         )
 
     def session_pids(self) -> list[int]:
-        """The sshd processes serving connections (children of the listener)."""
-        pids = []
+        """The sshd processes serving connections: every descendant of the listener."""
+        parents: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -93,10 +93,13 @@ class Sshd:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == self.pid:
-                pids.append(int(entry.name))
-        return sorted(pids)
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        found: set[int] = set()
+        frontier = {self.pid}
+        while frontier:
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+            found |= frontier
+        return sorted(found)
 
 
 def _pid_alive(pid: int) -> bool:
