@@ -30,6 +30,7 @@ from cargohold.services import copy_snapshots as cs
 from cargohold.services import repository as svc
 from cargohold.services.copy_snapshots import CopySettings, Selection, copy_snapshots
 from cargohold.testbed.faultproxy import FaultProxy
+from cargohold.testbed.rgw import RgwServer
 from cargohold.testbed.sshd import Sshd
 
 FAST = KdfParams.FAST
@@ -436,6 +437,60 @@ def test_connection_reset_mid_copy_then_rerun(
             assert (after.blobs_unused, after.packs_unused, after.packs_unindexed) == (0, 0, 0)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_acceptance_local_to_s3_to_sftp(
+    cli_env: Path,
+    capsys: pytest.CaptureFixture[str],
+    sources: tuple[Path, Path],
+    sshd_server: Sshd,
+    rgw_server: RgwServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 10's acceptance, as a user runs it: a local repository copied to S3 (the test
+    bed's RADOS Gateway, bucket created by init), then S3 copied to SFTP through a Host alias;
+    check --read-data clean on both, a restore from SFTP bit-exact, a re-run copies nothing."""
+    t = cli_env
+    a, _ = sources
+    for key, value in rgw_server.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(t / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(t / "no-aws-credentials"))
+    monkeypatch.setenv("CARGOHOLD_PASSWORD", "pw")
+    monkeypatch.setenv("CARGOHOLD_NO_CACHE", "1")
+    config = t / "ssh_config"
+    config.write_text(sshd_server.ssh_config("backuphost"))
+    folder = sshd_server.data / f"copy-{uuid.uuid4().hex[:12]}"
+    local, s3 = str(t / "local"), f"s3://copy-{uuid.uuid4().hex[:12]}/repo"
+    sftp = f"sftp://backuphost{folder}?ssh_config={config}"
+    try:
+        assert run(capsys, "init", "--repo", local)[0] == 0
+        assert run(capsys, "backup", "--path", str(a), "--repo", local)[0] == 0
+        code, out, err = run(capsys, "init", "--repo", s3, "--copy-chunker-params-from", local)
+        assert code == 0, err
+        code, out, err = run(capsys, "copy-snapshots", "--from", local, "--repo", s3, "--json")
+        assert code == 0, err
+        assert json.loads(out)["snapshots_copied"] == 1
+        code, out, err = run(capsys, "check", "--read-data", "--repo", s3)
+        assert code == 0 and "no errors" in out, out + err
+
+        code, out, err = run(capsys, "init", "--repo", sftp, "--copy-chunker-params-from", s3)
+        assert code == 0, err
+        code, out, err = run(capsys, "copy-snapshots", "--from", s3, "--repo", sftp, "--json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["snapshots_copied"] == 1 and doc["bytes"] > 4_000_000
+        code, out, err = run(capsys, "check", "--read-data", "--repo", sftp)
+        assert code == 0 and "no errors" in out, out + err
+        code, out, err = run(capsys, "restore", "latest", "--target", str(t / "out"), "--repo", sftp)
+        assert code == 0, err
+        assert state(t / "out") == state(a)
+        code, out, _ = run(capsys, "copy-snapshots", "--from", s3, "--repo", sftp, "--json")
+        assert code == 0 and (json.loads(out)["snapshots_copied"], json.loads(out)["bytes"]) == (0, 0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _blob_bytes(repo: Repository) -> int:
