@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -46,3 +48,28 @@ def rgw_server() -> Iterator[RgwServer]:
         yield server
     finally:
         stop_rgw(base)
+
+
+@pytest.fixture
+def s3_env(rgw_server: RgwServer, monkeypatch: pytest.MonkeyPatch) -> RgwServer:
+    """The standard AWS variables pointing at the test bed's gateway (and none of the user's
+    own AWS settings)."""
+    for key, value in rgw_server.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/cargohold-test-aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/cargohold-test-aws-credentials")
+    return rgw_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: RgwServer) -> Iterator[str]:
+    """A new, empty bucket on the test bed's gateway, emptied and removed afterwards."""
+    bucket = f"ch-test-{uuid.uuid4().hex[:16]}"
+    s3_env.client().create_bucket(Bucket=bucket)
+    try:
+        yield bucket
+    finally:
+        with contextlib.suppress(Exception):
+            s3_env.remove_bucket(bucket)

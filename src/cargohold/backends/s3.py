@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import botocore.exceptions as bex
+import urllib3.exceptions
 from botocore.config import Config
 
 from cargohold.backends.base import Leftover, ObjectInfo, check_name
@@ -96,6 +97,8 @@ _TRANSIENT_CODES = {
     "OperationAborted",
 }
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
+
+_LOWER_ERRORS = (bex.BotoCoreError, bex.ClientError, urllib3.exceptions.HTTPError, OSError)
 
 # Per process: which (endpoint, bucket) honour If-None-Match on PUT (the probe runs once).
 _conditional_put: dict[tuple[str, str], bool] = {}
@@ -253,9 +256,7 @@ class S3Backend:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except BackendError:
-            raise
-        except Exception as err:  # botocore, urllib3 and socket errors alike
+        except _LOWER_ERRORS as err:  # botocore's, and urllib3's or the socket's under a body read
             raise self._error(err, what) from err
 
     def _raise(self, err: Exception, what: str) -> NoReturn:
@@ -368,7 +369,7 @@ class S3Backend:
             code, status = _code(err)
             if status != 404 and code not in ("NoSuchBucket", "NotFound"):
                 self._raise(err, what)
-        except Exception as err:
+        except _LOWER_ERRORS as err:
             self._raise(err, what)
         if not create:
             raise BackendIOError(
@@ -392,7 +393,7 @@ class S3Backend:
                     " with an account that may), or use a bucket that exists",
                 ) from err
             self._raise(err, what)
-        except Exception as err:
+        except _LOWER_ERRORS as err:
             self._raise(err, what)
         return f"created bucket {self.bucket!r} at {self.endpoint}"
 

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cargohold.errors import TestbedError
 from cargohold.testbed._system import apt_install, log, log_tail, run_logged, state_dir
@@ -55,6 +56,29 @@ class RgwServer:
     secret_key: str
     region: str
     base: str
+
+    def client(self) -> Any:
+        """A plain boto3 S3 client of the test user (to make and empty buckets in tests)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def remove_bucket(self, bucket: str) -> None:
+        """Abort the bucket's multipart uploads, delete every key, then the bucket."""
+        c = self.client()
+        for page in c.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for up in page.get("Uploads", []):
+                c.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                c.delete_object(Bucket=bucket, Key=obj["Key"])
+        c.delete_bucket(Bucket=bucket)
 
     def env(self) -> dict[str, str]:
         """The environment a client needs (the standard AWS variables)."""
