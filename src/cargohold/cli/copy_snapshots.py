@@ -114,17 +114,22 @@ def _entry_json(e: copysvc.SnapshotCopy) -> dict[str, Any]:
 def copy_snapshots(
     snapshot: Annotated[
         list[str] | None,
-        typer.Argument(help="Snapshots of the --from repository to copy (id, prefix or latest); default: all."),
+        typer.Argument(
+            help="Snapshots of the --from repository to copy (id, prefix or latest); default: all.",
+            metavar="[SNAPSHOT]...",
+        ),
     ] = None,
     from_repo: Annotated[
         str, typer.Option("--from", help="The repository to copy from (URL or path).", metavar="URL")
     ] = "",
     from_password_file: FromPasswordFileOpt = None,
     source: Annotated[
-        list[str] | None, typer.Option("--source", help="Only snapshots of this source name (repeatable).")
+        list[str] | None,
+        typer.Option("--source", help="Only snapshots of this source name (repeatable).", metavar="NAME"),
     ] = None,
     tag: Annotated[
-        list[str] | None, typer.Option("--tag", help="Only snapshots having this tag (repeatable: all of them).")
+        list[str] | None,
+        typer.Option("--tag", help="Only snapshots having this tag (repeatable: all of them).", metavar="TAG"),
     ] = None,
     latest: Annotated[
         int | None, typer.Option("--latest", help="Only the N newest snapshots of each source.", metavar="N")
