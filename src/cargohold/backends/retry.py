@@ -1,7 +1,15 @@
 """A wrapper that retries transient I/O failures of any backend.
 
 Only :class:`BackendIOError` with ``transient=True`` is retried, with exponential
-backoff and jitter. Two outcomes of a retry are ambiguous and resolved here:
+backoff and jitter, for at most ``attempts`` attempts and a total time ``budget`` per
+call: a store unreachable for longer fails with one :class:`BackendIOError` that says
+how long it was tried (never a hang, as long as the backend's own calls time out).
+The repository wraps every remote backend in one (:mod:`cargohold.repo.storage`).
+
+``store`` after a transient failure whose outcome is unknown (a timeout after the
+request was sent) is simply repeated: it replaces the object with the same bytes
+(idempotent), and a reader never sees a partial object. Two other outcomes of a retry
+are ambiguous and resolved here:
 
 * ``create`` failed transiently but had in fact succeeded: the retry sees
   ``ObjectExists``; if the object holds exactly our bytes, it was ours — success.
@@ -32,30 +40,45 @@ class RetryBackend:
         attempts: int = 5,
         base_delay: float = 0.05,
         max_delay: float = 5.0,
+        budget: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.inner = inner
         self.url = inner.url
+        #: How many parallel connections the store wants (the inner backend's, else 1).
+        self.connections: int = int(getattr(inner, "connections", 1) or 1)
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        #: Seconds one call may spend retrying in all (None: only ``attempts`` bounds it).
+        self.budget = budget
         self._sleep = sleep
+        self._clock = clock
         #: Number of retries done so far (for tests and statistics).
         self.retries = 0
 
     def __repr__(self) -> str:
-        return f"RetryBackend({self.inner!r}, attempts={self.attempts})"
+        return f"RetryBackend({self.inner!r}, attempts={self.attempts}, budget={self.budget})"
 
     def _call(self, fn: Callable[[], T], on_retry_error: Callable[[Exception], T | None] | None = None) -> T:
         retried = False
+        start = self._clock()
         for attempt in range(self.attempts):
             try:
                 return fn()
             except BackendIOError as err:
-                if not err.transient or attempt == self.attempts - 1:
+                if not err.transient:
                     raise
+                delay = min(self.max_delay, self.base_delay * (2**attempt)) * random.uniform(0.5, 1.0)
+                elapsed = self._clock() - start
+                out_of_budget = self.budget is not None and elapsed + delay > self.budget
+                if attempt == self.attempts - 1 or out_of_budget:
+                    if not retried:
+                        raise
+                    raise self._gave_up(err, attempt + 1, elapsed) from err
             except (ObjectExists, ObjectNotFound) as err:
                 if retried and on_retry_error is not None:
                     resolved = on_retry_error(err)
@@ -64,9 +87,14 @@ class RetryBackend:
                 raise
             retried = True
             self.retries += 1
-            delay = min(self.max_delay, self.base_delay * (2**attempt))
-            self._sleep(delay * random.uniform(0.5, 1.0))
+            self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _gave_up(self, err: BackendIOError, attempts: int, elapsed: float) -> BackendIOError:
+        return BackendIOError(
+            f"{err.message} (tried {attempts} times over {elapsed:.1f} s, {self.url} still failing)",
+            hint=err.hint or "check the network and the storage server, then run the command again",
+        )
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.load(name, offset, length))

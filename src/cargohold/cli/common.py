@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from cargohold.backends import url_with_options
+from cargohold.backends.counting import summary as requests_summary
 from cargohold.cli.context import current_state
 from cargohold.cli.output import err_console
 from cargohold.errors import UsageError
@@ -83,11 +84,16 @@ def repo_url(repo: str | None) -> str:
 
 @contextmanager
 def open_repo(repo: str | None, password_file: str | None) -> Iterator[Repository]:
+    """The open repository; closed at the end, and with ``--debug`` one line on stderr with
+    the requests made to its store (per operation, bytes up and down, retries)."""
     r = svc.open_repository(repo_url(repo), password(password_file))
     try:
         yield r
     finally:
         r.close()
+        state = current_state.get()
+        if state is not None and state.debug:
+            note(f"cargohold: debug: {r.backend.url}: {requests_summary(r.request_counts())}")
 
 
 class RichProgress:

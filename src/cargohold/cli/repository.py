@@ -174,6 +174,7 @@ def backup(
             skip_if_unchanged=skip_if_unchanged,
             progress=progress_for(progress),
         )
+    requests = r.request_counts()
     for w in res.warnings:
         note(f"warning: {w}")
     st = res.stats
@@ -186,6 +187,7 @@ def backup(
                 "warnings": res.warnings,
                 "changed_while_read": res.changed,
                 "excluded": res.excluded,
+                "requests": requests,
                 "stats": {
                     "files": st.files,
                     "bytes": st.bytes,

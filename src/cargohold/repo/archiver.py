@@ -564,15 +564,11 @@ def _comparable(node: Node) -> dict[str, object]:
 
 def _local_repository_dir(repo: Repository) -> tuple[int, int] | None:
     """(device, inode) of the directory of a repository on this file system, else None."""
-    from cargohold.backends.local import LocalBackend
-
-    backend: object = repo.backend
-    while not isinstance(backend, LocalBackend):
-        backend = getattr(backend, "inner", None)  # through wrappers (retries, faults)
-        if backend is None:
-            return None
+    root = repo.local_dir()
+    if root is None:
+        return None
     try:
-        st = os.stat(backend.root)
+        st = os.stat(root)
     except OSError:
         return None
     return st.st_dev, st.st_ino

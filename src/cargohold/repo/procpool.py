@@ -6,8 +6,11 @@ file's content. One thread per worker in this process answers it: claims of chun
 against the repository's index and in-flight set (so dedup is exact across workers), new
 packs into the index, finished files into their nodes.
 
-Only repositories whose backend a child process can open by itself (a local directory)
-use workers; others keep the in-process threads. If a worker fails or dies the backup
+Only repositories whose backend a child process can open by itself from its URL (a
+local directory, a remote store) use workers; others (in-memory, fault-injecting) keep
+the in-process threads. Each worker uploads its share of the backend's connections of
+packs at once (:func:`cargohold.repo.storage.uploads_per_process`) and reports its
+request counts at the end, which are added to the repository's. If a worker fails or dies the backup
 fails: the archiver commits no snapshot, so nothing refers to a blob that was never
 written.
 """
@@ -30,6 +33,7 @@ from cargohold.repo.fileread import FileRead
 from cargohold.repo.format import ID_SIZE
 from cargohold.repo.progress import Progress
 from cargohold.repo.repository import Repository
+from cargohold.repo.storage import uploads_per_process
 
 #: A worker is handed up to this many files, or this many bytes of them, at a time.
 _TAKE_FILES = 64
@@ -85,8 +89,12 @@ class ProcessStore:
         setup = setup if setup is not None else repo.worker_setup()
         if setup is None:
             raise ValueError("this repository's backend cannot be opened by a worker process")
+        n = max(1, n)
+        setup = {**setup, "uploads": uploads_per_process(int(setup.get("connections", 1)), n)}
         self.repo = repo
-        self._root = str(setup["root"])
+        local = repo.local_dir()
+        #: Where a killed worker's staged pack may be left (a local repository).
+        self._root = str(local) if local is not None else None
         self.progress = progress
         self._on_error = on_error
         self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
@@ -96,7 +104,7 @@ class ProcessStore:
         self.finished = threading.Condition()
         self._procs: list[_Proc] = []
         try:
-            for _ in range(max(1, n)):
+            for _ in range(n):
                 self._procs.append(_spawn(setup))
         except BaseException:
             self.abort()
@@ -153,6 +161,8 @@ class ProcessStore:
         if p.claimed:
             self.repo.release_many(p.claimed)
             p.claimed.clear()
+        if self._root is None:
+            return
         for leftover in glob.glob(os.path.join(glob.escape(self._root), "data", f".staged~tmp~{p.proc.pid}-*")):
             with contextlib.suppress(OSError):
                 os.unlink(leftover)
@@ -199,6 +209,7 @@ class ProcessStore:
                         items.append((p.seq, task.path, task.previous_chunking))
                     conn.send(("files", items))
                 elif kind == "bye":
+                    repo.requests.merge(msg[1])
                     return
                 elif kind == "fatal":
                     raise child_error(msg)

@@ -8,12 +8,12 @@ their time handing the lock back and forth; worker processes each have their own
 
 The protocol (pickled tuples, the worker asks, the parent answers)::
 
-    parent -> worker   {"root", "key", "chunker", "level", "pack_size"}   once, first
+    parent -> worker   {"spec", "key", "chunker", "level", "pack_size", "uploads"}   once, first
     worker -> parent   ("next",)                     -> ("files", [(seq, path, prev chunking)]) | ("stop",)
     worker -> parent   ("claim", ids, nbytes)        -> bytes: 1 = store this blob, 0 = known
     worker -> parent   ("pack", PackRecord)          a pack is written (durably)
     worker -> parent   ("files", [(seq, FileRead)])  files cut and hashed (their new chunks claimed)
-    worker -> parent   ("bye",)                      after "stop": last pack written
+    worker -> parent   ("bye", request counts)       after "stop": last pack written
     worker -> parent   ("fatal", kind, message, hint, traceback)
 
 Dedup stays exact across processes: a worker hashes a batch of chunks and *claims* the
@@ -21,24 +21,36 @@ ids; the parent answers from its index and its in-flight set, so a chunk is stor
 even when two workers meet it at the same time. A claimed blob counts as in flight until
 the worker reports the pack that holds it; if a worker dies before that, the parent fails
 the whole backup (no snapshot refers to a blob that was never written).
+
+The worker opens the repository's backend itself from its URL (``spec``, with
+:func:`cargohold.repo.storage.open_storage`: retries for remote stores). On a backend that
+can stage (a local directory) a pack streams into a staged file and one writer thread
+makes it durable while the next fills. Others (remote stores) get whole packs: built in
+memory (:class:`PackBuilder`) and uploaded by ``uploads`` threads while the next packs
+fill — at most ``uploads`` packs wait or are in flight, so memory stays bounded by
+``(uploads + 1) x pack size``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cargohold.backends.local import LocalBackend, StagedObject
+from cargohold.backends.local import StagedObject
+from cargohold.errors import BackendError
 from cargohold.repo.child import run_child
 from cargohold.repo.chunker import Chunker, ChunkerParams, ChunkSource
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.fileread import Compressibility, read_file
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
-from cargohold.repo.pack import PackStream
+from cargohold.repo.pack import PackBuilder, PackStream
+from cargohold.repo.storage import RETRY_BUDGET, open_storage
 
 #: New chunks are claimed from the parent in batches of about this many bytes.
 CLAIM_BATCH = 2 * 1024 * 1024
@@ -47,19 +59,24 @@ CLAIM_BATCH = 2 * 1024 * 1024
 class Worker:
     def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
         self.conn = conn
-        self.backend = LocalBackend(setup["root"])
+        self.backend = open_storage(setup["spec"], retry_budget=setup.get("retry_budget", RETRY_BUDGET))
+        stage = getattr(self.backend.inner, "stage", None)
+        #: Staged files in the store's folder (local), or packs in memory (remote).
+        self._stage = stage if callable(stage) else None
+        self._uploads = 1 if self._stage is not None else max(1, int(setup.get("uploads", 1)))
         self.key = MasterKey.from_bytes(setup["key"])
         self.cipher = Cipher(self.key)
         self.params = ChunkerParams.from_json(setup["chunker"])
         self.chunker = Chunker(self.params, self.key.chunker_seed)
         self.level: int = setup["level"]
         self.pack_size: int = setup["pack_size"]
-        #: The pack being written (straight to a staged file) and its file.
-        self.pack: PackStream | None = None
+        #: The pack being written (straight to a staged file, or into memory) and its file.
+        self.pack: PackStream | PackBuilder | None = None
         self._staged: StagedObject | None = None
         self._send_lock = threading.Lock()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ch-pack")
-        self._pending: Future[None] | None = None
+        self._writer = ThreadPoolExecutor(self._uploads, thread_name_prefix="ch-pack")
+        #: Packs being made durable or uploaded, oldest first.
+        self._pending: deque[Future[None]] = deque()
         #: Chunks hashed but not yet claimed (id, data, the compressibility of their file),
         #: and those claimed whose answer is not read yet.
         self._batch: list[tuple[bytes, bytes, Compressibility]] = []
@@ -82,9 +99,9 @@ class Worker:
             self._store_claimed()
         if self.pack is not None:
             self._queue_pack()
-        self._wait_pack()
+        self._wait_packs()
         self._writer.shutdown(wait=True)
-        self.send(("bye",))
+        self.send(("bye", self.backend.counts.as_dict()))
 
     def store(self, reader: ChunkSource, method: str, data_size: int) -> tuple[list[bytes], int]:
         """Cut and hash one file; its chunks are claimed and stored in batches that may hold
@@ -125,37 +142,53 @@ class Worker:
                 continue
             stored = comp.encode(self.cipher, bid, data, self.level)
             if self.pack is None:
-                self._staged = self.backend.stage("data")
-                self.pack = PackStream(BlobType.DATA, self._staged)
+                if self._stage is not None:
+                    self._staged = self._stage("data")
+                    self.pack = PackStream(BlobType.DATA, self._staged)
+                else:
+                    self.pack = PackBuilder(BlobType.DATA)
             self.pack.add(bid, stored, len(data))
             if self.pack.size >= self.pack_size:
                 self._queue_pack()
 
     def _queue_pack(self) -> None:
-        """Close the pack; the writer thread makes it durable (fsync, rename) while the next
-        one fills. At most one waits."""
+        """Close the pack; a writer thread makes it durable (fsync, rename) or uploads it
+        while the next one fills. At most ``uploads`` wait or are in flight."""
         pack, staged = self.pack, self._staged
-        assert pack is not None and staged is not None
+        assert pack is not None
         self.pack = self._staged = None
+        if isinstance(pack, PackBuilder):
+            pack_id, data, rec = pack.finish(self.cipher)
+            self._wait_packs(self._uploads - 1)
+            self._pending.append(self._writer.submit(self._upload, data, pack_id, rec))
+            return
+        assert staged is not None
         try:
             pack_id, rec = pack.finish(self.cipher)
+            self._wait_packs(self._uploads - 1)
         except BaseException:
             staged.abort()
             raise
-        try:
-            self._wait_pack()
-        except BaseException:
-            staged.abort()
-            raise
-        self._pending = self._writer.submit(self._commit, staged, pack_id, rec)
+        self._pending.append(self._writer.submit(self._commit, staged, pack_id, rec, pack.size))
 
-    def _wait_pack(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+    def _wait_packs(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` packs are pending; raise the first failure."""
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
 
-    def _commit(self, staged: StagedObject, pack_id: bytes, rec: PackRecord) -> None:
+    def _commit(self, staged: StagedObject, pack_id: bytes, rec: PackRecord, size: int) -> None:
         staged.commit(pack_name(pack_id))
+        self.backend.counts.add("store", up=size)
+        self.send(("pack", rec))
+
+    def _upload(self, data: bytes, pack_id: bytes, rec: PackRecord) -> None:
+        name = pack_name(pack_id)
+        try:
+            self.backend.store(name, data)
+        except BackendError:  # what a broken store may have left half written
+            with contextlib.suppress(BackendError):
+                self.backend.delete(name)
+            raise
         self.send(("pack", rec))
 
     def close(self) -> None:

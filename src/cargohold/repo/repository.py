@@ -1,4 +1,4 @@
-"""The repository: config, blobs in packs, the index and snapshots over one backend.
+"""The repository: blobs in packs, the index and snapshots over one backend.
 
 Thread safe for writers: any number of threads may :meth:`Repository.reserve` and
 :meth:`Repository.add_encoded` blobs; a full pack is written by the thread that filled
@@ -6,14 +6,17 @@ it, outside the lock. :meth:`Repository.flush` writes the open packs, then one i
 file for every pack written since the last flush. A snapshot saved after ``flush`` is
 the commit point: packs and index files without a snapshot are harmless leftovers that
 ``prune`` removes.
+
+Calls to a counting backend are counted (:attr:`Repository.requests`); index files,
+snapshots and tree blobs go through a :class:`~cargohold.repo.cache.MetadataCache`
+when the caller gives one (remote repositories); full packs are uploaded by as many
+threads as the backend wants connections (:func:`cargohold.repo.storage.uploads_per_process`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import secrets
 import threading
 from collections import OrderedDict
@@ -21,9 +24,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cargohold.backends.base import Backend
+from cargohold.backends.counting import RequestCounts
+from cargohold.backends.local import LocalBackend
 from cargohold.errors import (
     BackendError,
     ConfigDamaged,
@@ -32,17 +38,23 @@ from cargohold.errors import (
     ObjectNotFound,
     RepositoryError,
     RepositoryExists,
-    RepositoryNotFound,
     UnsupportedFormat,
 )
-from cargohold.repo import docsum
+from cargohold.repo import storage
+from cargohold.repo.cache import MetadataCache
 from cargohold.repo.chunker import ChunkerParams
+from cargohold.repo.config import (
+    CONFIG_FIELDS,
+    CONFIG_NAME,
+    RepoConfig,
+    config_where,
+    read_config,
+    recover_config_fields,
+)
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.format import (
     AD_INDEX,
     AD_SNAPSHOT,
-    FORMAT_VERSION,
-    PACK_SIZE,
     BlobType,
     decode_blob,
     decode_object,
@@ -57,140 +69,17 @@ from cargohold.repo.pack import TRAILER_SIZE, PackBuilder, header_length, parse_
 from cargohold.repo.snapshot import Snapshot
 from cargohold.repo.tree import Node, Tree
 
-CONFIG_NAME = "config"
-
-
-#: The fields of ``config`` this format writes; configs written before the checksum existed
-#: have all but ``checksum`` (and are still read).
-CONFIG_FIELDS = frozenset({"version", "id", "created", "chunker", "compression_level", "pack_size", "checksum"})
-_LEGACY_CONFIG_FIELDS = CONFIG_FIELDS - {"checksum"}
-_CONFIG_INDENT = 2
-_CONFIG_SHOULD_HOLD = (
-    "it should be the JSON object of docs/FORMAT.md with exactly version, id (32 hex digits), created, "
-    "chunker (cdc_min, cdc_avg, cdc_max, fixed_size, page_size, fixed_min_file), compression_level, "
-    "pack_size and checksum"
-)
-_FIELD_RE = re.compile(rb'"([A-Za-z_]{1,32})"\s*:\s*("(?:[^"\\\n]|\\.){0,80}"|-?[0-9]{1,20})')
-_RECOVERABLE = (CONFIG_FIELDS - {"chunker"}) | {
-    "cdc_min",
-    "cdc_avg",
-    "cdc_max",
-    "fixed_size",
-    "page_size",
-    "fixed_min_file",
-}
-
-
-def recover_config_fields(data: bytes) -> dict[str, object]:
-    """The fields that can still be read from a damaged config, by name (chunker fields by
-    their own names): each ``"name": value`` pair whose name is a config field."""
-    found: dict[str, object] = {}
-    for m in _FIELD_RE.finditer(data):
-        name = m.group(1).decode("ascii")
-        if name not in _RECOVERABLE or name in found:
-            continue
-        try:
-            found[name] = json.loads(m.group(2))
-        except ValueError:
-            continue
-    return found
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class RepoConfig:
-    """The plaintext ``config`` object: format version and settings every writer must share."""
-
-    id: str
-    version: int = FORMAT_VERSION
-    created: str = ""
-    chunker: ChunkerParams = field(default_factory=ChunkerParams)
-    compression_level: int = 3
-    pack_size: int = PACK_SIZE
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "id": self.id,
-            "created": self.created,
-            "chunker": self.chunker.to_json(),
-            "compression_level": self.compression_level,
-            "pack_size": self.pack_size,
-        }
-
-    def encode(self) -> bytes:
-        """The stored form, with its checksum (:mod:`cargohold.repo.docsum`)."""
-        return docsum.seal(self.to_doc(), _CONFIG_INDENT)
-
-    @classmethod
-    def decode(cls, data: bytes, *, where: str = "the repository config") -> RepoConfig:
-        """Parse and verify a config. Any damage — unreadable JSON, a checksum or stored-form
-        mismatch, an unknown, missing or ill-typed field — raises :class:`ConfigDamaged`
-        naming ``where`` and the fields still readable; a newer format version (with a
-        checksum that verifies, or none) raises :class:`UnsupportedFormat`."""
-
-        def damaged(reason: str) -> ConfigDamaged:
-            recovered = recover_config_fields(data)
-            shown = sorted((k, v) for k, v in recovered.items() if k != docsum.FIELD)
-            readable = ", ".join(f"{k}={v}" for k, v in shown) or "none"
-            return ConfigDamaged(
-                f"{where} is damaged: {reason}; {_CONFIG_SHOULD_HOLD}; fields still readable: {readable}",
-                recovered=recovered,
-            )
-
-        try:
-            d: Any = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as err:
-            raise damaged(f"not valid JSON ({err})") from None
-        if not isinstance(d, dict):
-            raise damaged("not a JSON object")
-        version = d.get("version")
-        checked = docsum.FIELD in d
-        if checked:
-            problem = docsum.problem(d, data, _CONFIG_INDENT)
-            if problem is not None:
-                if version != FORMAT_VERSION:
-                    problem += (
-                        f" (it says format version {version!r}: unless a newer cargohold wrote it, "
-                        "that number is damaged too)"
-                    )
-                raise damaged(problem)
-        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-            raise UnsupportedFormat(
-                f"repository format version {version!r} is not supported (this is {FORMAT_VERSION})"
-            )
-        if version != FORMAT_VERSION:
-            raise damaged(f"format version {version!r} is not a version number this format ever had")
-        expected = CONFIG_FIELDS if checked else _LEGACY_CONFIG_FIELDS
-        unknown, missing = sorted(set(d) - expected), sorted(expected - set(d))
-        if unknown or missing:
-            parts = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
-            parts += [f"missing field(s) {', '.join(missing)}"] if missing else []
-            raise damaged("; ".join(parts))
-        rid, created, level, pack_size = d["id"], d["created"], d["compression_level"], d["pack_size"]
-        if not isinstance(rid, str) or len(rid) != 32 or any(c not in "0123456789abcdef" for c in rid):
-            raise damaged(f"id {rid!r} is not 32 lowercase hex digits")
-        if not isinstance(created, str):
-            raise damaged(f"created {created!r} is not a string")
-        if not _is_int(level) or not -(1 << 17) <= level <= 22:
-            raise damaged(f"compression_level {level!r} is not a zstd level")
-        if not _is_int(pack_size) or not 0 < pack_size < 1 << 32:
-            raise damaged(f"pack_size {pack_size!r} is not a positive 32-bit integer")
-        try:
-            chunker = ChunkerParams.from_json(d["chunker"])
-        except (ValueError, TypeError) as err:
-            raise damaged(str(err)) from None
-        return cls(
-            id=rid,
-            version=FORMAT_VERSION,
-            created=created,
-            chunker=chunker,
-            compression_level=level,
-            pack_size=pack_size,
-        )
+#: Re-exported: the config lives in :mod:`cargohold.repo.config`.
+__all__ = [
+    "CONFIG_FIELDS",
+    "CONFIG_NAME",
+    "LoadReport",
+    "RepoConfig",
+    "Repository",
+    "config_where",
+    "read_config",
+    "recover_config_fields",
+]
 
 
 @dataclass
@@ -200,31 +89,33 @@ class LoadReport:
     damaged_index: dict[str, str] = field(default_factory=dict)
 
 
-def config_where(backend: Backend) -> str:
-    """How errors name the config object of ``backend``."""
-    return f"the repository config {backend.url.rstrip('/')}/{CONFIG_NAME}"
-
-
-def read_config(backend: Backend) -> RepoConfig:
-    """The verified config; :class:`ConfigDamaged` when it is damaged, or missing while the
-    repository still has key files; :class:`RepositoryNotFound` when nothing is there."""
-    try:
-        data = backend.load(CONFIG_NAME)
-    except ObjectNotFound:
-        if any(next(iter(backend.list(prefix)), None) is not None for prefix in ("keys/", "index/", "snapshots/")):
-            raise ConfigDamaged(
-                f"{config_where(backend)} is missing, but the rest of a repository is there (keys/, index/ or "
-                f"snapshots/); {_CONFIG_SHOULD_HOLD}"
-            ) from None
-        raise RepositoryNotFound(f"no repository at {backend.url}") from None
-    return RepoConfig.decode(data, where=config_where(backend))
-
-
 class Repository:
     """An open repository. Use :meth:`init` or :meth:`open`."""
 
-    def __init__(self, backend: Backend, key: MasterKey, config: RepoConfig, key_id: str = "") -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        key: MasterKey,
+        config: RepoConfig,
+        key_id: str = "",
+        *,
+        cache: MetadataCache | None = None,
+        spec: str | None = None,
+    ) -> None:
         self.backend = backend
+        #: Requests made through :attr:`backend` when it counts them (a
+        #: :class:`~cargohold.backends.counting.CountingBackend`, as
+        #: :func:`cargohold.repo.storage.open_storage` gives), and those worker processes reported.
+        self.requests = storage.counts_of(backend) or RequestCounts()
+        #: The metadata cache (None: none).
+        self.cache = cache
+        #: The URL that reopens the backend in a worker process (None: derived if local).
+        self.spec = spec
+        #: Parallel connections the backend wants; uploads and downloads are sized from it.
+        self.connections = storage.connections_of(backend)
+        #: Whether the backend is remote (retried, cached, uploads and reads in parallel).
+        self.remote = storage.is_remote(backend)
+        self._uploads = storage.uploads_per_process(self.connections) if self.remote else 1
         self.key = key
         self.key_id = key_id
         self.config = config
@@ -242,7 +133,7 @@ class Repository:
         self._lost: MasterIndex | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._writes: list[Future[None]] = []
-        self._write_slot = threading.Semaphore(1)
+        self._write_slot = threading.Semaphore(self._uploads)
         self._tree_cache: OrderedDict[bytes, Tree] = OrderedDict()
         self.added_bytes = 0
         self.added_raw_bytes = 0
@@ -260,6 +151,8 @@ class Repository:
         kdf: Any = None,
         chunker: ChunkerParams | None = None,
         compression_level: int = 3,
+        cache_dir: Path | None = None,
+        spec: str | None = None,
     ) -> Repository:
         from cargohold.repo import keys as keys
 
@@ -286,10 +179,21 @@ class Repository:
             backend.create(CONFIG_NAME, config.encode())
         except ObjectExists:
             raise RepositoryExists(f"a repository exists already at {backend.url}") from None
-        return cls(backend, master, config, key_id)
+        return cls(backend, master, config, key_id, cache=_cache(cache_dir, config), spec=spec)
 
     @classmethod
-    def open(cls, backend: Backend, password: str, *, load_index: bool = True) -> Repository:
+    def open(
+        cls,
+        backend: Backend,
+        password: str,
+        *,
+        load_index: bool = True,
+        cache_dir: Path | None = None,
+        spec: str | None = None,
+    ) -> Repository:
+        """Open with ``password``. ``cache_dir``: where the metadata caches of repositories
+        are (this one's is the subdirectory named by its id), or None for no cache;
+        ``spec``: the URL that reopens ``backend`` in a worker process."""
         from cargohold.repo import keys as keys
 
         try:
@@ -313,7 +217,7 @@ class Repository:
                 recovered=config.to_doc(),
             )
         master, key_id = opened.master, opened.slot_id
-        repo = cls(backend, master, config, key_id)
+        repo = cls(backend, master, config, key_id, cache=_cache(cache_dir, config), spec=spec)
         if load_index:
             repo.load_index()
         return repo
@@ -394,20 +298,23 @@ class Repository:
             except BaseException:
                 self.release(bid)
                 raise
+            if btype is BlobType.TREE and self.cache is not None:
+                self.cache.put("trees", bid.hex(), stored)
             self.add_encoded(btype, bid, stored, len(data))
         return bid
 
     def _queue_pack(self, builder: PackBuilder) -> None:
         """Write a full pack on the pack-writer thread, so the thread that filled it goes
-        back to compressing while the pack is written and fsync'd. At most one pack waits or
-        is being written at a time (bounded memory); errors surface on the next call or in
+        back to compressing while the pack is written and fsync'd. At most one pack per
+        upload slot (one for a local directory, more for a remote store) waits or is being
+        written at a time (bounded memory); errors surface on the next call or in
         :meth:`flush`."""
         self._raise_write_errors()
         self._write_slot.acquire()
         try:
             with self._lock:
                 if self._writer is None:
-                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="ch-pack")
+                    self._writer = ThreadPoolExecutor(self._uploads, thread_name_prefix="ch-pack")
                 fut = self._writer.submit(self._write_pack_released, builder)
                 self._writes.append(fut)
         except BaseException:
@@ -468,20 +375,40 @@ class Repository:
         self._indexed_pack(rec)
 
     def worker_setup(self) -> dict[str, Any] | None:
-        """What a backup worker process needs to store blobs into this repository itself
-        (:mod:`cargohold.repo.procworker`), or None when its backend cannot be opened by
-        another process (in-memory, fault-injecting, remote ones for now)."""
-        from cargohold.backends.local import LocalBackend
-
-        if type(self.backend) is not LocalBackend:
+        """What a worker process needs to store or read blobs of this repository itself
+        (:mod:`cargohold.repo.procworker`, :mod:`cargohold.repo.restoreworker`), or None
+        when another process cannot open its backend (in-memory, fault-injecting). The
+        backend travels as its URL; the worker opens it with
+        :func:`cargohold.repo.storage.open_storage` (with retries when it is remote)."""
+        spec = self.spec if self.spec is not None else storage.local_spec(self.backend)
+        if spec is None:
             return None
         return {
-            "root": str(self.backend.root),
+            "spec": spec,
             "key": self.key.to_bytes(),
             "chunker": self.config.chunker.to_json(),
             "level": self.config.compression_level,
             "pack_size": self.config.pack_size,
+            "connections": self.connections,
+            "retry_budget": storage.retry_budget_of(self.backend),
         }
+
+    def local_dir(self) -> Path | None:
+        """The directory of a repository on a local file system (through any wrappers)."""
+        inner = storage.innermost(self.backend)
+        if isinstance(inner, storage.WholeObjectLocal):
+            inner = inner.local
+        return inner.root if isinstance(inner, LocalBackend) else None
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests per operation, bytes up and down and retries, of this process and of
+        the worker processes that reported theirs."""
+        counts = self.requests.as_dict()
+        inner: object = self.backend
+        while inner is not None:
+            counts["retries"] += int(getattr(inner, "retries", 0) or 0)
+            inner = getattr(inner, "inner", None)
+        return counts
 
     def flush(self) -> list[str]:
         """Write open packs, then an index file for every pack not yet indexed."""
@@ -503,6 +430,8 @@ class Repository:
         stored = encode_object(self.cipher, plain, AD_INDEX)
         name = sha256_hex(stored)
         self.store_object(f"index/{name}", stored)
+        if self.cache is not None:
+            self.cache.put("index", name, stored)
         with self._lock:
             self.index_ids.add(name)
             if self._index_names is not None:
@@ -545,6 +474,17 @@ class Repository:
         loc = self.locate(bid)
         if loc is None:
             raise IntegrityError(f"{btype.name.lower()} blob {bid.hex()} is not in the index")
+        cache = self.cache if btype is BlobType.TREE else None
+        if cache is not None:
+            cached = cache.get("trees", bid.hex())
+            if cached is not None:
+                try:
+                    plain = decode_blob(self.cipher, btype, bid, cached, loc.raw_length)
+                    if self.blob_id(plain) == bid:
+                        return plain
+                except IntegrityError:
+                    pass
+                cache.discard("trees", bid.hex(), damaged=True)  # fetched again below
         what = f"pack {loc.pack.hex()}"
         try:
             stored = self.backend.load(pack_name(loc.pack), loc.offset, loc.length)
@@ -553,6 +493,8 @@ class Repository:
         if len(stored) != loc.length:
             raise IntegrityError(f"{what} is truncated (blob {bid.hex()})")
         plain = decode_blob(self.cipher, btype, bid, stored, loc.raw_length)
+        if cache is not None:
+            cache.put("trees", bid.hex(), stored)
         return plain
 
     def load_tree(self, tid: bytes) -> Tree:
@@ -589,16 +531,31 @@ class Repository:
     # --- index ----------------------------------------------------------------------
 
     def list_index_files(self) -> list[str]:
-        return sorted(
+        names = sorted(
             info.name.rsplit("/", 1)[1]
             for info in self.backend.list("index/")
             if parse_hex_id(info.name.rsplit("/", 1)[1]) is not None
         )
+        if self.cache is not None:
+            self.cache.retain("index", names)
+        return names
+
+    def _load_named(self, kind: str, name: str) -> bytes:
+        """The object ``kind/name`` (an index file or a snapshot, named by the SHA-256 of
+        its bytes): from the cache when it has it intact, else loaded (and cached when it
+        matches its name)."""
+        cache = self.cache
+        if cache is not None and (cached := cache.get(kind, name)) is not None:
+            return cached
+        stored = self.backend.load(f"{kind}/{name}")
+        if cache is not None and sha256_hex(stored) == name:
+            cache.put(kind, name, stored)
+        return stored
 
     def read_index_file(self, name: str) -> tuple[list[PackRecord], list[bytes]]:
         what = f"index/{name}"
         try:
-            stored = self.backend.load(what)
+            stored = self._load_named("index", name)
         except ObjectNotFound:
             raise IntegrityError(f"{what} is missing") from None
         if sha256_hex(stored) != name:
@@ -639,7 +596,7 @@ class Repository:
                         pass
                     report.damaged_index[name] = str(err)
 
-            with ThreadPoolExecutor(max_workers=4) as pool:
+            with ThreadPoolExecutor(max_workers=self._readers()) as pool:
                 list(pool.map(one, names))
             if not vanished:
                 break
@@ -681,26 +638,35 @@ class Repository:
             self._index_names = known | set(new)
         return True
 
+    def _readers(self) -> int:
+        """Threads that read many small objects at once (index files, snapshots)."""
+        return max(4, min(self.connections, 16))
+
     # --- snapshots ------------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> str:
         stored = encode_object(self.cipher, snap.encode(), AD_SNAPSHOT)
         sid = sha256_hex(stored)
         self.store_object(f"snapshots/{sid}", stored)
+        if self.cache is not None:
+            self.cache.put("snapshots", sid, stored)
         snap.id = sid
         return sid
 
     def list_snapshot_ids(self) -> list[str]:
-        return sorted(
+        ids = sorted(
             info.name.rsplit("/", 1)[1]
             for info in self.backend.list("snapshots/")
             if parse_hex_id(info.name.rsplit("/", 1)[1]) is not None
         )
+        if self.cache is not None:
+            self.cache.retain("snapshots", ids)
+        return ids
 
     def load_snapshot(self, sid: str) -> Snapshot:
         what = f"snapshots/{sid}"
         try:
-            stored = self.backend.load(what)
+            stored = self._load_named("snapshots", sid)
         except ObjectNotFound:
             from cargohold.errors import SnapshotNotFound
 
@@ -722,7 +688,7 @@ class Repository:
                 failed[sid] = str(err)
                 return None
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=self._readers()) as pool:
             for s in pool.map(one, ids):
                 if s is not None:
                     out.append(s)
@@ -773,7 +739,7 @@ class Repository:
 
     def _unindexed_headers(self, present: dict[bytes, int] | None = None) -> list[PackRecord]:
         found: list[PackRecord] = []
-        for pid, size in (present.items() if present is not None else self.list_packs()):
+        for pid, size in present.items() if present is not None else self.list_packs():
             if self.index.has_pack(pid):
                 continue
             try:
@@ -781,3 +747,7 @@ class Repository:
             except (IntegrityError, BackendError, UnsupportedFormat):
                 continue
         return found
+
+
+def _cache(cache_dir: Path | None, config: RepoConfig) -> MetadataCache | None:
+    return MetadataCache(Path(cache_dir) / config.id) if cache_dir is not None else None

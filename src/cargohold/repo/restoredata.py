@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from cargohold.backends.counting import RequestCounts
 from cargohold.errors import BackendError, IntegrityError
 from cargohold.repo.child import WorkerFailed, child_error, died, spawn
 from cargohold.repo.crypto import Cipher
@@ -38,8 +39,9 @@ _DENSE = 0.5
 _MAX_FDS = 64
 #: Largest ranged read of a pack (bounds memory: each writer holds one such range).
 _MAX_READ = 4 * 1024 * 1024
-#: Jobs a worker process holds at once: the one it works on and the next (it never waits).
-_AHEAD = 2
+#: Jobs a worker process holds at once beyond those its writer threads work on (so it
+#: never waits).
+_AHEAD = 1
 
 #: One place a blob goes: (path, name shown, the file's size when it is sparse else None,
 #: [(file offset, offset in the blob, length)]).
@@ -264,12 +266,16 @@ class ProcessWriters:
     jobs are known (their start-up overlaps the restorer's walk), then :meth:`run` once,
     or :meth:`abort`.
 
-    A worker holds :data:`_AHEAD` jobs at a time and reports every job done; this process's
+    A worker holds a job per writer thread (``setup["threads"]``) plus :data:`_AHEAD` at a
+    time and reports every job done, and its request counts at the end (added to
+    ``counts``); this process's
     interpreter lock is free for its own writer, as the other threads only pass messages.
     A worker that fails or dies fails the restore (with its error) once all have stopped."""
 
-    def __init__(self, setup: dict[str, Any], n: int) -> None:
+    def __init__(self, setup: dict[str, Any], n: int, counts: RequestCounts | None = None) -> None:
         self._procs: list[tuple[subprocess.Popen[bytes], Connection]] = []
+        self._ahead = max(1, int(setup.get("threads", 1))) + _AHEAD
+        self._counts = counts
         self._lock = threading.Lock()  # for the report
         self._jobs = _Jobs()
         try:
@@ -332,7 +338,7 @@ class ProcessWriters:
                 stopped = True
 
         try:
-            for _ in range(_AHEAD):
+            for _ in range(self._ahead):
                 feed()
             while True:
                 msg = conn.recv()
@@ -343,6 +349,8 @@ class ProcessWriters:
                     advance(done.bytes)
                     feed()
                 elif msg[0] == "bye":
+                    if self._counts is not None:
+                        self._counts.merge(msg[1])
                     return
                 elif msg[0] == "fatal":
                     raise child_error(msg)

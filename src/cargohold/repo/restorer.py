@@ -29,6 +29,7 @@ from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.restoredata import BlobJob, DataWriter, ProcessWriters, Target, split_jobs, write_in_threads
 from cargohold.repo.snapshot import Snapshot
+from cargohold.repo.storage import readers_per_process
 from cargohold.repo.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 
 
@@ -294,8 +295,10 @@ class Restorer:
         setup = self.repo.worker_setup() if after is not None and nbytes >= after else None
         if setup is None:
             return None
+        repo = self.repo
+        threads = readers_per_process(repo.connections, max(1, self.opts.workers - 1), remote=repo.remote)
         try:
-            return ProcessWriters(setup, self.opts.workers)
+            return ProcessWriters({**setup, "threads": threads}, self.opts.workers, repo.requests)
         except (OSError, WorkerFailed):  # no process to be had (limits, no interpreter): threads
             return None
 
@@ -319,7 +322,8 @@ class Restorer:
         if writers is not None:
             report = writers.run(jobs, writer, progress.advance)
         else:
-            report = write_in_threads(jobs, writer, self.opts.workers)
+            threads = readers_per_process(repo.connections, remote=repo.remote)
+            report = write_in_threads(jobs, writer, max(self.opts.workers, threads))
         self._created = report.created
         for rel, why in report.damaged.items():
             self.result.damaged.setdefault(rel, why)

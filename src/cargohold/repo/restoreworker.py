@@ -4,16 +4,21 @@ Started by :class:`cargohold.repo.restoredata.ProcessWriters` as
 ``python -m cargohold.repo.restoreworker FD`` (see :mod:`.child`). The protocol (pickled
 tuples)::
 
-    parent -> worker   {"root", "key", ...}            once, first
+    parent -> worker   {"spec", "key", "threads", ...}  once, first
     parent -> worker   ("job", (pack id, blobs))       a pack's needed blobs and their places
     worker -> parent   ("done", created, damaged, bytes)   for every job
     parent -> worker   ("stop",)                       no more jobs
-    worker -> parent   ("bye",)                        its files are closed
+    worker -> parent   ("bye", request counts)         its files are closed
     worker -> parent   ("fatal", kind, message, hint, traceback)
 
-The parent keeps the worker's next job queued behind the one it is on, so it never waits
-for work; a thread receives them, so that neither side's send waits for the other's. The
-parent's walk cleared the paths it writes; the writers create the files (``O_CREAT``).
+The worker opens the backend itself from its URL (``spec``, with
+:func:`cargohold.repo.storage.open_storage`: retries for remote stores). ``threads``
+writers work on jobs at once: one for a local directory (reading is not what waits);
+more for a remote store, so that several ranged reads are in flight while blobs are
+decrypted and written. The parent keeps the worker's next jobs queued behind the ones it
+is on, so it never waits for work; a thread receives them, so that neither side's send
+waits for the other's. The parent's walk cleared the paths it writes; the writers create
+the files (``O_CREAT``).
 """
 
 from __future__ import annotations
@@ -24,40 +29,77 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cargohold.backends.local import LocalBackend
 from cargohold.repo.child import run_child
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.restoredata import DataWriter, WriteReport
+from cargohold.repo.storage import RETRY_BUDGET, open_storage
+
+_Inbox = queue.SimpleQueue[tuple[Any, ...] | BaseException]
 
 
 class RestoreWorker:
     def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
         self.conn = conn
-        backend = LocalBackend(setup["root"])
+        self.backend = open_storage(setup["spec"], retry_budget=setup.get("retry_budget", RETRY_BUDGET))
         key = MasterKey.from_bytes(setup["key"])
-        self.writer = DataWriter(backend.load, Cipher(key), lambda data: blob_id(key, data))
+        cipher = Cipher(key)
+        self.writers = [
+            DataWriter(self.backend.load, cipher, lambda data: blob_id(key, data))
+            for _ in range(max(1, int(setup.get("threads", 1))))
+        ]
+        self._send_lock = threading.Lock()
+        self._failures: list[BaseException] = []
 
     def send(self, msg: tuple[Any, ...]) -> None:
-        self.conn.send(msg)
+        with self._send_lock:
+            self.conn.send(msg)
 
     def run(self) -> None:
         # Received on a thread of their own: the parent may be sending the next (large) job
         # while this process sends a report, and neither may wait for the other.
-        inbox: queue.SimpleQueue[tuple[Any, ...] | BaseException] = queue.SimpleQueue()
+        inbox: _Inbox = queue.SimpleQueue()
         threading.Thread(target=self._receive, args=(inbox,), name="ch-inbox", daemon=True).start()
+        if len(self.writers) == 1:
+            self._work(self.writers[0], inbox)
+        else:
+            threads = [
+                threading.Thread(target=self._work, args=(w, inbox), name="ch-restore", daemon=True)
+                for w in self.writers
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if self._failures:
+            raise self._failures[0]
+        self.close()
+        self.send(("bye", self.backend.counts.as_dict()))
+
+    def _work(self, writer: DataWriter, inbox: _Inbox) -> None:
+        """Write jobs until "stop" (passed on to the other writers) or a failure (passed on
+        too, so they stop after their current job)."""
         while True:
             msg = inbox.get()
-            if isinstance(msg, BaseException):
-                raise msg
-            if msg[0] == "stop":
-                break
-            self.writer.write(msg[1])
-            self.send(self.writer.report.to_message())
-            self.writer.report = WriteReport()
-        self.writer.close()
-        self.send(("bye",))
+            if isinstance(msg, BaseException) or msg[0] == "stop":
+                inbox.put(msg)
+                if isinstance(msg, BaseException) and len(self.writers) == 1:
+                    raise msg
+                if isinstance(msg, BaseException):
+                    self._failures.append(msg)
+                return
+            try:
+                writer.write(msg[1])
+                done = writer.report.to_message()
+                writer.report = WriteReport()
+                self.send(done)
+            except BaseException as err:
+                if len(self.writers) == 1:
+                    raise
+                self._failures.append(err)
+                inbox.put(err)
+                return
 
-    def _receive(self, inbox: queue.SimpleQueue[tuple[Any, ...] | BaseException]) -> None:
+    def _receive(self, inbox: _Inbox) -> None:
         while True:
             try:
                 msg = self.conn.recv()
@@ -69,7 +111,8 @@ class RestoreWorker:
                 return
 
     def close(self) -> None:
-        self.writer.close()
+        for w in self.writers:
+            w.close()
 
 
 def main(argv: list[str]) -> int:

@@ -16,8 +16,10 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
 
-from cargohold.backends import open_backend
+from cargohold.backends import Backend, open_backend
 from cargohold.errors import (
     AmbiguousSnapshot,
     BackendError,
@@ -30,7 +32,7 @@ from cargohold.errors import (
 )
 from cargohold.model.backups import BackupRecord, index_from_snapshots
 from cargohold.repo import keys as keyslots
-from cargohold.repo import sharedparams, verifications
+from cargohold.repo import sharedparams, storage, verifications
 from cargohold.repo.archiver import Archiver, BackupOptions, BackupResult
 from cargohold.repo.checker import Checker, CheckReport
 from cargohold.repo.format import pack_name
@@ -46,6 +48,8 @@ from cargohold.repo.tree import DIR, Node
 REPO_ENV = "CARGOHOLD_REPO"
 PASSWORD_ENV = "CARGOHOLD_PASSWORD"
 LOCK_WAIT_ENV = "CARGOHOLD_LOCK_WAIT"
+NO_CACHE_ENV = "CARGOHOLD_NO_CACHE"
+RETRY_BUDGET_ENV = "CARGOHOLD_RETRY_BUDGET"
 
 __all__ = [
     "DiffEntry",
@@ -54,6 +58,7 @@ __all__ = [
     "RepoStats",
     "backup",
     "check",
+    "default_cache_dir",
     "default_repo_url",
     "diff",
     "find_snapshot",
@@ -98,6 +103,17 @@ def _lock_wait() -> float:
         raise UsageError(f"{LOCK_WAIT_ENV} must be a number of seconds") from None
 
 
+def _retry_budget() -> float:
+    """Seconds a request to a remote store is retried for (``CARGOHOLD_RETRY_BUDGET``)."""
+    try:
+        budget = float(os.environ.get(RETRY_BUDGET_ENV, "") or storage.RETRY_BUDGET)
+    except ValueError:
+        budget = -1.0
+    if not budget > 0:
+        raise UsageError(f"{RETRY_BUDGET_ENV} must be a positive number of seconds")
+    return budget
+
+
 def locks_of(repo: Repository) -> LockManager:
     return LockManager(repo.backend, wait=_lock_wait())
 
@@ -109,12 +125,18 @@ def init_repository(
     chunker parameters (:mod:`cargohold.repo.sharedparams`), so snapshots copy between them."""
     if not password:
         raise UsageError("an empty password is not allowed")
-    backend = open_backend(url)
+    backend = storage.open_storage(url, retry_budget=_retry_budget())
     if like is not None:
         sharedparams.init_like(backend, password, like, kdf=kdf or keyslots.KdfParams.from_env())
         backend.close()
         return open_repository(url, password)
-    return Repository.init(backend, password, kdf=kdf or keyslots.KdfParams.from_env())
+    return Repository.init(
+        backend,
+        password,
+        kdf=kdf or keyslots.KdfParams.from_env(),
+        cache_dir=_cache_for(backend, "default"),
+        spec=storage.spec_of(url, backend),
+    )
 
 
 def prepare_store(url: str, *, create: bool = True) -> str | None:
@@ -129,9 +151,34 @@ def prepare_store(url: str, *, create: bool = True) -> str | None:
         backend.close()
 
 
-def open_repository(url: str, password: str) -> Repository:
-    """Open (without reading the index: the operations do that under their lock)."""
-    return Repository.open(open_backend(url), password, load_index=False)
+def open_repository(url: str, password: str, *, cache_dir: Path | Literal["default"] | None = "default") -> Repository:
+    """Open (without reading the index: the operations do that under their lock). Remote
+    stores are retried; their index files, snapshots and trees are cached in ``cache_dir``
+    (``"default"``: :func:`default_cache_dir`; None: no cache)."""
+    backend = storage.open_storage(url, retry_budget=_retry_budget())
+    return Repository.open(
+        backend,
+        password,
+        load_index=False,
+        cache_dir=_cache_for(backend, cache_dir),
+        spec=storage.spec_of(url, backend),
+    )
+
+
+def default_cache_dir() -> Path | None:
+    """Where metadata caches live: ``$XDG_CACHE_HOME/cargohold``, else ``~/.cache/cargohold``;
+    None (no cache) when ``CARGOHOLD_NO_CACHE`` is set to anything but ``0``."""
+    if os.environ.get(NO_CACHE_ENV, "") not in ("", "0"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cargohold"
+
+
+def _cache_for(backend: Backend, cache_dir: Path | Literal["default"] | None) -> Path | None:
+    """The metadata cache directory for a repository on ``backend``: only remote ones have one."""
+    if not storage.is_remote(backend):
+        return None
+    return default_cache_dir() if cache_dir == "default" else cache_dir
 
 
 # --- snapshots -------------------------------------------------------------------------
@@ -209,7 +256,7 @@ def backup(
     :attr:`BackupResult.excluded`); a directory inside the repository is refused.
     """
     src = source or Source("path", os.path.abspath(os.fspath(path)))
-    root = getattr(repo.backend, "root", None)
+    root = repo.local_dir()
     if root is not None and _within(os.path.realpath(os.fspath(path)), os.path.realpath(root)):
         raise UsageError(
             f"{os.fspath(path)} is inside the repository {root}: a repository is not backed up into itself"
