@@ -312,11 +312,16 @@ def test_missing_bucket_init_creates_it_and_says_so(fresh_bucket_name: str, env:
 def test_init_says_how_to_create_a_bucket_it_may_not_create(
     fresh_bucket_name: str, env: dict[str, str], s3_env: RgwServer
 ) -> None:
-    # The gateway's test user may create buckets; a user whose every request is refused
-    # stands in for one that may not (RGW answers 403 to the wrong secret too).
-    env = {**env, "CARGOHOLD_REPO": f"s3://{fresh_bucket_name}/repo", "AWS_SECRET_ACCESS_KEY": "x" * 40}
+    env = {
+        **env,
+        "CARGOHOLD_REPO": f"s3://{fresh_bucket_name}/repo",
+        "AWS_ACCESS_KEY_ID": s3_env.limited_access_key,  # a user that may not create buckets
+        "AWS_SECRET_ACCESS_KEY": s3_env.limited_secret_key,
+    }
     line = one_line_error(cli("init", env=env), exit_codes.STORAGE)
-    assert "AWS_SECRET_ACCESS_KEY" in line
+    assert f"bucket '{fresh_bucket_name}' does not exist" in line and "may not create it" in line
+    assert f"aws s3 mb s3://{fresh_bucket_name}" in line
+    assert "created" not in line
 
 
 def test_s3_options_on_the_command_line(s3_bucket: str, env: dict[str, str], tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ PACKAGES: tuple[str, ...] = ("--no-install-recommends", "radosgw", "ceph-mon", "
 #: Fixed keys of the test user (a test server on loopback: no secret worth keeping).
 ACCESS_KEY = "TESTACCESSKEY0000001"
 SECRET_KEY = "testsecretkey0000000000000000000000000001"
+#: A second user that may not create buckets (``--max-buckets=-1``).
+LIMITED_ACCESS_KEY = "TESTLIMITEDKEY000001"
+LIMITED_SECRET_KEY = "testlimitedsecret00000000000000000000001"
 #: The port the acceptance examples use; taken when free.
 DEFAULT_PORT = 7480
 #: The cap on the memory the memstore OSD may fill (a cap, not an allocation).
@@ -56,6 +59,9 @@ class RgwServer:
     secret_key: str
     region: str
     base: str
+    #: Keys of a user that may not create buckets.
+    limited_access_key: str = LIMITED_ACCESS_KEY
+    limited_secret_key: str = LIMITED_SECRET_KEY
 
     def client(self) -> Any:
         """A plain boto3 S3 client of the test user (to make and empty buckets in tests)."""
@@ -296,6 +302,10 @@ def start_rgw(base: Path | None = None, *, port: int | None = None, timeout: flo
         cl.output(
             "radosgw-admin", "user", "create", "--uid=test", "--display-name=cargohold tests",
             f"--access-key={ACCESS_KEY}", f"--secret={SECRET_KEY}",
+        )  # fmt: skip
+        cl.output(
+            "radosgw-admin", "user", "create", "--uid=limited", "--display-name=no buckets of its own",
+            f"--access-key={LIMITED_ACCESS_KEY}", f"--secret={LIMITED_SECRET_KEY}", "--max-buckets=-1",
         )  # fmt: skip
     except BaseException:
         stop_rgw(base)
