@@ -29,7 +29,7 @@ from cargohold.backends._ssh import HostKeyError, LoginRefused, SSHEnv
 from cargohold.backends.sftp import SFTPBackend
 from cargohold.cli import exit_codes
 from cargohold.errors import BackendIOError, ObjectExists
-from cargohold.testbed.sshd import Sshd
+from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd
 
 
 @pytest.fixture
@@ -175,6 +175,92 @@ def test_proxy_jump_through_a_jump_host(sshd_server: Sshd, tmp_path: Path, folde
         b.load("k")
     b.close()
     assert "jumphost (127.0.0.1):1: connection refused" in str(err.value) and err.value.transient
+
+
+def test_proxy_command(sshd_server: Sshd, tmp_path: Path, folder: Path) -> None:
+    # OpenSSH's own client carries the connection (ssh -W), told not to read any user file
+    hop = (
+        f"ssh -F /dev/null -i {sshd_server.client_key} -o IdentitiesOnly=yes -o BatchMode=yes "
+        f"-o UserKnownHostsFile={sshd_server.known_hosts} -o StrictHostKeyChecking=yes "
+        f"-p {sshd_server.port} {sshd_server.user}@127.0.0.1 -W %h:%p"
+    )
+    config = config_file(tmp_path, sshd_server.ssh_config("it-sftp") + f"    ProxyCommand {hop}\n")
+    b = backend(folder, config)
+    b.store("k", b"via a proxy command")
+    assert b.load("k") == b"via a proxy command"
+    b.close()
+
+
+def test_the_agent_given_and_a_passphrase_key(sshd_server: Sshd, tmp_path: Path, folder: Path) -> None:
+    """Keys come from the agent socket the caller names (never the process's own
+    $SSH_AUTH_SOCK); a key with a passphrase is used through it and named when it cannot be."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret phrase", "-f", str(key)], check=True)
+    authorized = sshd_server.base / "authorized_keys"
+    before = authorized.read_text()
+    authorized.write_text(before + Path(f"{key}.pub").read_text())
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host agent-test\n    HostName 127.0.0.1\n    Port {sshd_server.port}\n    User {sshd_server.user}\n"
+        f"    IdentityFile {key}\n    UserKnownHostsFile {sshd_server.known_hosts}\n"
+    )
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # without an agent: the key cannot be used, and the error says why
+        b = SFTPBackend(f"sftp://agent-test{folder}", env=SSHEnv.from_environ({"HOME": str(home)}))
+        with pytest.raises(LoginRefused) as err:
+            b.load("x")
+        b.close()
+        assert "passphrase-protected (add it to ssh-agent)" in str(err.value)
+        # with the agent holding it
+        add = subprocess.run(
+            ["ssh-add", str(key)],
+            env={
+                "SSH_AUTH_SOCK": str(sock),
+                "SSH_ASKPASS": str(_askpass(tmp_path)),
+                "SSH_ASKPASS_REQUIRE": "force",
+                "DISPLAY": "none",
+                "PATH": os.environ.get("PATH", ""),
+            },
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        assert add.returncode == 0, add.stderr
+        env = SSHEnv.from_environ({"HOME": str(home), "SSH_AUTH_SOCK": str(sock)})
+        b = SFTPBackend(f"sftp://agent-test{folder}", env=env)
+        b.store("x", b"through the agent")
+        assert b.load("x") == b"through the agent"
+        b.close()
+    finally:
+        agent.terminate()
+        agent.wait()
+        authorized.write_text(before)
+
+
+def _askpass(tmp_path: Path) -> Path:
+    script = tmp_path / "askpass"
+    script.write_text("#!/bin/sh\necho 'secret phrase'\n")
+    script.chmod(0o700)
+    return script
+
+
+def test_a_server_without_sftp_is_a_clear_error(tmp_path: Path, folder: Path) -> None:
+    server = start_sshd(tmp_path / "nosftp", sftp=False)
+    try:
+        config = config_file(tmp_path, server.ssh_config("it-sftp"))
+        b = backend("/srv/repo", config)
+        with pytest.raises(BackendIOError) as err:
+            b.load("config")
+        b.close()
+        assert "offers no SFTP service" in str(err.value) and not err.value.transient
+    finally:
+        stop_sshd(server.base)
 
 
 # --- faults --------------------------------------------------------------------------------------

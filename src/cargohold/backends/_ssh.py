@@ -435,7 +435,11 @@ def _load_key(path: Path) -> paramiko.PKey | str:
         return paramiko.PKey.from_path(str(path))
     except paramiko.PasswordRequiredException:
         return "passphrase-protected (add it to ssh-agent)"
-    except (OSError, paramiko.SSHException, ValueError, TypeError) as err:
+    except TypeError as err:  # cryptography's word for an OpenSSH-format key with a passphrase
+        if "password" in str(err).lower():
+            return "passphrase-protected (add it to ssh-agent)"
+        return f"unreadable: {err}"
+    except (OSError, paramiko.SSHException, ValueError) as err:
         return f"unreadable: {err}"
 
 

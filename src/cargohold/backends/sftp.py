@@ -55,8 +55,11 @@ from paramiko.sftp import (
     CMD_FSTAT,
     CMD_HANDLE,
     CMD_INIT,
+    CMD_NAME,
     CMD_OPEN,
+    CMD_OPENDIR,
     CMD_READ,
+    CMD_READDIR,
     CMD_REMOVE,
     CMD_STATUS,
     CMD_VERSION,
@@ -94,8 +97,12 @@ _WINDOW = 32
 _CHANNEL_WINDOW = 16 * 1024 * 1024
 _CHANNEL_PACKET = 128 * 1024
 _OPTIONS = {"ssh_config", "connections", "timeout"}
+#: Folder levels a listing descends at most (the repository's names have 3).
+_MAX_DEPTH = 16
 
 T = TypeVar("T")
+#: (name, attributes) of what a folder walk found (an alias: ``list`` is a method of the backend).
+_Entries = list[tuple[str, SFTPAttributes]]
 
 
 # --- URL -------------------------------------------------------------------------------------
@@ -188,6 +195,10 @@ class _Client(paramiko.SFTPClient):
         return version
 
 
+class _NoSFTP(Exception):
+    """The server refused the SFTP subsystem."""
+
+
 class _Replies:
     """Collects the answers to pipelined requests (paramiko hands them to ``_async_response``)."""
 
@@ -203,21 +214,34 @@ class _Session:
 
     def __init__(self, conn: Connection, timeout: float) -> None:
         self.conn = conn
-        chan = conn.transport.open_session(
-            window_size=_CHANNEL_WINDOW, max_packet_size=_CHANNEL_PACKET, timeout=timeout
-        )
-        chan.settimeout(timeout)
-        chan.invoke_subsystem("sftp")
-        self.sftp = _Client(chan)
-        self.ext = self.sftp.extensions
         self.pid = os.getpid()
         self.read_chunk = self.write_chunk = _SAFE_CHUNK
-        if "limits@openssh.com" in self.ext:
-            kind, msg = self._request(CMD_EXTENDED, "limits@openssh.com")
-            if kind == CMD_EXTENDED_REPLY:
-                _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
-                self.read_chunk = min(_CHUNK, max_read or _CHUNK)
-                self.write_chunk = min(_CHUNK, max_write or _CHUNK)
+        # paramiko waits for the subsystem's answer without a timeout: a watchdog closes the
+        # connection if the setup takes longer than ``timeout``.
+        watchdog = threading.Timer(timeout, conn.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            chan = conn.transport.open_session(
+                window_size=_CHANNEL_WINDOW, max_packet_size=_CHANNEL_PACKET, timeout=timeout
+            )
+            chan.settimeout(timeout)
+            try:
+                chan.invoke_subsystem("sftp")
+            except paramiko.SSHException as err:
+                if watchdog.is_alive() and conn.alive():  # refused, not cut off
+                    raise _NoSFTP(str(err)) from err
+                raise TimeoutError("no answer to the SFTP subsystem request") from err
+            self.sftp = _Client(chan)
+            self.ext = self.sftp.extensions
+            if "limits@openssh.com" in self.ext:
+                kind, msg = self._request(CMD_EXTENDED, "limits@openssh.com")
+                if kind == CMD_EXTENDED_REPLY:
+                    _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+                    self.read_chunk = min(_CHUNK, max_read or _CHUNK)
+                    self.write_chunk = min(_CHUNK, max_write or _CHUNK)
+        finally:
+            watchdog.cancel()
 
     def alive(self) -> bool:
         return self.pid == os.getpid() and self.conn.alive()
@@ -412,8 +436,59 @@ class _Session:
             return False
         return True
 
-    def listdir(self, path: str) -> list[SFTPAttributes]:
-        return sorted(self.sftp.listdir_attr(path or "."), key=lambda a: a.filename)
+    def listdirs(self, paths: list[str]) -> dict[str, list[SFTPAttributes] | None]:
+        """The entries of each folder (None for a missing one), listed in parallel: a level of
+        256 ``data/xx`` folders costs a few round trips, not a thousand."""
+        out: dict[str, list[SFTPAttributes] | None] = {}
+        for i in range(0, len(paths), _WINDOW):
+            out.update(self._listdirs(paths[i : i + _WINDOW]))
+        return out
+
+    def _listdirs(self, paths: list[str]) -> dict[str, list[SFTPAttributes] | None]:
+        replies = _Replies()
+        out: dict[str, list[SFTPAttributes] | None] = {}
+        handles: dict[str, bytes] = {}
+        try:
+            opening = {p: self._send(replies, CMD_OPENDIR, p or ".") for p in paths}
+            failure: tuple[int, str] | None = None
+            for p, num in opening.items():
+                kind, msg = self._wait(replies, num)
+                if kind == CMD_HANDLE:
+                    handles[p] = msg.get_binary()
+                    out[p] = []
+                    continue
+                code = msg.get_int() if kind == CMD_STATUS else -1
+                if code == SFTP_NO_SUCH_FILE:
+                    out[p] = None
+                elif failure is None:
+                    failure = (code, msg.get_text() if kind == CMD_STATUS else f"message type {kind}")
+            if failure is not None:
+                _raise_status(*failure)
+            active = dict(handles)
+            while active:
+                reading = {p: self._send(replies, CMD_READDIR, h) for p, h in active.items()}
+                for p, num in reading.items():
+                    kind, msg = self._wait(replies, num)
+                    if kind == CMD_STATUS:
+                        code = msg.get_int()
+                        if code != SFTP_EOF:
+                            _raise_status(code, msg.get_text())
+                        del active[p]
+                        continue
+                    if kind != CMD_NAME:
+                        raise paramiko.SFTPError(f"expected names, got message type {kind}")
+                    entries = out[p]
+                    assert entries is not None
+                    for _ in range(msg.get_int()):
+                        filename, longname = msg.get_text(), msg.get_text()
+                        attrs = SFTPAttributes._from_msg(msg, filename, longname)  # type: ignore[attr-defined]
+                        if filename not in (".", ".."):
+                            entries.append(attrs)
+        finally:
+            for h in handles.values():
+                with contextlib.suppress(Exception):
+                    self.close_async(h)
+        return out
 
 
 def _raise_status(code: int, text: str) -> None:
@@ -542,14 +617,18 @@ class SFTPBackend:
         conn = connect(target, self._env, timeout=self.timeout)
         try:
             return _Session(conn, self.timeout)
+        except (_NoSFTP, paramiko.SFTPError) as err:
+            conn.close()
+            raise BackendIOError(
+                f"{target.where} offers no SFTP service: {err}",
+                hint="enable the sftp subsystem in the server's sshd_config (Subsystem sftp internal-sftp)",
+            ) from err
         except (OSError, paramiko.SSHException, EOFError) as err:
             conn.close()
-            if isinstance(err, paramiko.ChannelException | paramiko.SFTPError) or "subsystem" in str(err):
-                raise BackendIOError(
-                    f"{target.where} offers no SFTP service: {err}",
-                    hint="enable the sftp subsystem in the server's sshd_config",
-                ) from err
             raise self._lost(err, "opening the SFTP channel") from err
+        except BaseException:
+            conn.close()
+            raise
 
     def _lost(self, err: BaseException, what: str) -> BackendIOError:
         target = self._resolve()
@@ -684,9 +763,15 @@ class SFTPBackend:
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
         if base:
             check_name(base.rstrip("/"))
+
+        def descend(sub: str) -> bool:
+            return _TMP_MARK not in sub and (sub.startswith(prefix) or prefix.startswith(sub))
+
         # Listed whole on one session, then yielded: a caller may use the backend meanwhile.
-        found = self._call("the listing", lambda s: list(self._walk(s, base, prefix)))
-        yield from found
+        found = self._call("the listing", lambda s: self._scan(s, base, descend))
+        for name, a in found:
+            if _TMP_MARK not in name and name.startswith(prefix) and stat_mod.S_ISREG(a.st_mode or 0):
+                yield ObjectInfo(name, a.st_size or 0)
 
     def _folder(self, rel: str) -> str:
         rel = rel.rstrip("/")
@@ -694,28 +779,33 @@ class SFTPBackend:
             return self._root
         return f"{self._root}/{rel}" if self._root else rel
 
-    def _walk(self, s: _Session, rel: str, prefix: str) -> Iterator[ObjectInfo]:
-        try:
-            entries = s.listdir(self._folder(rel))
-        except FileNotFoundError:
-            return
-        for a in entries:
-            if _TMP_MARK in a.filename:
-                continue
-            name = rel + a.filename
-            mode = a.st_mode or 0
-            if stat_mod.S_ISLNK(mode):  # follow links, as the local backend does
-                try:
-                    linked = s.sftp.stat(self._folder(name))
-                except FileNotFoundError:
-                    continue
-                mode, a = linked.st_mode or 0, linked
-            if stat_mod.S_ISDIR(mode):
-                sub = name + "/"
-                if sub.startswith(prefix) or prefix.startswith(sub):
-                    yield from self._walk(s, sub, prefix)
-            elif stat_mod.S_ISREG(mode) and name.startswith(prefix):
-                yield ObjectInfo(name, a.st_size or 0)
+    def _scan(self, s: _Session, start: str, descend: Callable[[str], bool]) -> _Entries:
+        """Every entry but folders under folder ``start`` ("" or "a/b/"), by name, descending
+        level by level (each level's folders listed in parallel) into the sub-folders
+        ``descend("a/b/c/")`` accepts. Symbolic links are followed, as the local backend does;
+        no deeper than :data:`_MAX_DEPTH` levels (a link loop ends there)."""
+        out: _Entries = []
+        level = [start]
+        for _depth in range(_MAX_DEPTH):
+            if not level:
+                break
+            listing = s.listdirs([self._folder(r) for r in level])
+            deeper: list[str] = []
+            for rel in level:
+                for a in listing.get(self._folder(rel)) or []:
+                    name = rel + a.filename
+                    if stat_mod.S_ISLNK(a.st_mode or 0):
+                        try:
+                            a = s.sftp.stat(self._folder(name))
+                        except FileNotFoundError:
+                            continue  # a dangling link
+                    if stat_mod.S_ISDIR(a.st_mode or 0):
+                        if descend(name + "/"):
+                            deeper.append(name + "/")
+                    else:
+                        out.append((name, a))
+            level = deeper
+        return sorted(out, key=lambda e: e[0])
 
     def close(self) -> None:
         self._pool.close()
@@ -724,28 +814,21 @@ class SFTPBackend:
 
     def leftovers(self) -> Iterator[Leftover]:
         """Temporary files of writes (interrupted, or still running: the caller judges)."""
-        found = self._call("the listing of temporary files", lambda s: list(self._walk_leftovers(s, "")))
-        yield from found
 
-    def _walk_leftovers(self, s: _Session, rel: str) -> Iterator[Leftover]:
-        try:
-            entries = s.listdir(self._folder(rel))
-        except FileNotFoundError:
-            return
-        for a in entries:
-            mode = a.st_mode or 0
-            if _TMP_MARK not in a.filename:
-                if stat_mod.S_ISDIR(mode):
-                    yield from self._walk_leftovers(s, rel + a.filename + "/")
+        def descend(sub: str) -> bool:
+            return _TMP_MARK not in sub
+
+        found = self._call("the listing of temporary files", lambda s: self._scan(s, "", descend))
+        for name, a in found:
+            base = name.rsplit("/", 1)[-1]
+            if _TMP_MARK not in base or not stat_mod.S_ISREG(a.st_mode or 0):
                 continue
-            if not stat_mod.S_ISREG(mode):
-                continue
-            tag = a.filename.rsplit(_TMP_MARK, 1)[1]
+            tag = base.rsplit(_TMP_MARK, 1)[1]
             writer = parse_writer_tag(tag)
             kind = "temporary file"
             if writer is None and legacy_pid(tag) is not None:
                 kind = f"temporary file of pid {legacy_pid(tag)} (host not recorded)"
-            yield Leftover(rel + a.filename, a.st_size or 0, float(a.st_mtime or 0), writer, kind)
+            yield Leftover(name, a.st_size or 0, float(a.st_mtime or 0), writer, kind)
 
     def remove_leftover(self, leftover: Leftover) -> bool:
         """Remove the temporary file, unless it changed since it was listed."""

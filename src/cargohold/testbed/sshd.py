@@ -146,7 +146,8 @@ def _keygen(path: Path, comment: str) -> None:
     )
 
 
-def _config(base: Path, port: int) -> str:
+def _config(base: Path, port: int, sftp: bool = True) -> str:
+    subsystem = "Subsystem sftp internal-sftp\n" if sftp else ""
     return (
         f"ListenAddress 127.0.0.1:{port}\n"
         f"HostKey {base / 'host_ed25519'}\n"
@@ -162,7 +163,7 @@ def _config(base: Path, port: int) -> str:
         "AllowTcpForwarding yes\n"
         "MaxStartups 100:30:200\n"
         "MaxSessions 50\n"
-        "Subsystem sftp internal-sftp\n"
+        f"{subsystem}"
         "LogLevel VERBOSE\n"
     )
 
@@ -175,8 +176,9 @@ def _banner(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def start_sshd(base: Path | None = None, *, timeout: float = 15.0) -> Sshd:
-    """Start a private sshd whose state lives in ``base`` (reused when it runs already)."""
+def start_sshd(base: Path | None = None, *, timeout: float = 15.0, sftp: bool = True) -> Sshd:
+    """Start a private sshd whose state lives in ``base`` (reused when it runs already);
+    ``sftp=False`` leaves the SFTP subsystem out (a server that offers none)."""
     base = base or default_base()
     running = sshd_status(base)
     if running is not None:
@@ -197,7 +199,7 @@ def start_sshd(base: Path | None = None, *, timeout: float = 15.0) -> Sshd:
         port = _free_port()
         host_key = (base / "host_ed25519.pub").read_text().split()[:2]
         (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
-        (base / "sshd_config").write_text(_config(base, port))
+        (base / "sshd_config").write_text(_config(base, port, sftp))
         check = subprocess.run([str(SSHD), "-t", "-f", str(base / "sshd_config")], capture_output=True, text=True)
         if check.returncode != 0:
             raise TestbedError(f"sshd rejects its test config: {check.stderr.strip()}")
