@@ -338,3 +338,17 @@ def test_cli_debug_line_and_backup_json_show_requests_and_a_no_op_costs_few(
     monkeypatch.setenv("CARGOHOLD_NO_CACHE", "1")
     assert main(["backup", "--path", str(src), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["requests"]["load"] > 2  # no cache: downloads
+
+
+def test_a_failing_upload_in_a_worker_fails_the_backup_and_commits_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _source(src, 6)
+    repo = _init(tmp_path / "repo")
+    data = tmp_path / "repo" / "data"
+    if data.exists():
+        data.rmdir()
+    data.write_bytes(b"not a folder")  # every pack upload fails (permanently: no retries)
+    with pytest.raises(BackendIOError, match="clashes"):
+        Archiver(repo, BackupOptions(processes_after=0)).run(src)
+    assert repo.list_snapshot_ids() == [] and repo.list_index_files() == []
+    assert leftovers_of(LocalBackend(tmp_path / "repo")) == []
