@@ -352,3 +352,20 @@ def test_a_failing_upload_in_a_worker_fails_the_backup_and_commits_nothing(tmp_p
         Archiver(repo, BackupOptions(processes_after=0)).run(src)
     assert repo.list_snapshot_ids() == [] and repo.list_index_files() == []
     assert leftovers_of(LocalBackend(tmp_path / "repo")) == []
+
+
+def test_check_reads_the_store_not_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    repo, _ = _backup_twice(tmp_path, cache)
+    snap = repo.snapshots()[-1]
+    repo.load_tree(snap.tree)  # cached now
+    stored = LocalBackend(tmp_path / "repo")
+    for info in stored.list("snapshots/"):  # damage the snapshots in the store only
+        data = bytearray(stored.load(info.name))
+        data[-5] ^= 0xFF
+        stored.store(info.name, bytes(data))
+    fresh = _open(tmp_path / "repo", cache)
+    assert len(fresh.snapshots()) == 2  # served from the intact cached copies
+    report = svc.check(fresh)
+    assert not report.ok
+    assert fresh.cache is not None  # back on after the check

@@ -400,6 +400,20 @@ class Repository:
             inner = inner.local
         return inner.root if isinstance(inner, LocalBackend) else None
 
+    @contextlib.contextmanager
+    def uncached(self) -> Iterator[None]:
+        """Read index files, snapshots and trees from the store itself meanwhile (``check``:
+        an intact cached copy must not hide a damaged object)."""
+        with self._lock:
+            cache, self.cache = self.cache, None
+            self._tree_cache.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.cache = cache
+                self._tree_cache.clear()
+
     def request_counts(self) -> dict[str, int]:
         """Requests per operation, bytes up and down and retries, of this process and of
         the worker processes that reported theirs."""

@@ -518,7 +518,7 @@ def check(
     if subset is not None and not 0 < subset <= 100:
         raise UsageError("--read-data-subset must be a percentage in (0, 100]")
     locks = locks_of(repo)
-    with locks.shared("check"):
+    with locks.shared("check"), repo.uncached():  # check the repository, not a local copy of it
         return Checker(repo, progress=progress, locks=locks).run(read_data=read_data, subset=subset)
 
 
