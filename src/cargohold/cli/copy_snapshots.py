@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from cargohold.backends import url_with_options
+from cargohold.backends.counting import summary as requests_summary
 from cargohold.cli import exit_codes
 from cargohold.cli.common import (
     JsonOpt,
@@ -151,8 +152,13 @@ def copy_snapshots(
     try:
         with open_from(from_repo, from_password_file, target_password, option="--from") as src:
             res = copysvc.copy_snapshots(src, target, selection, settings=settings, progress=progress_for(progress))
+            requests = {"from": src.request_counts(), "to": target.request_counts()}
     finally:
         target.close()
+    state = current_state.get()
+    if state is not None and state.debug:
+        note(f"cargohold: debug: from {src.backend.url}: {requests_summary(requests['from'])}")
+        note(f"cargohold: debug: to {target.backend.url}: {requests_summary(requests['to'])}")
     for sid, why in sorted(res.unreadable.items()):
         note(f"warning: snapshot {sid[:8]} of {src.backend.url} is damaged and was not copied: {why}")
     if json:
@@ -168,6 +174,7 @@ def copy_snapshots(
                 "raw_bytes": res.raw_bytes,
                 "duration": round(res.duration, 3),
                 "snapshots": [_entry_json(e) for e in res.snapshots],
+                "requests": requests,
             }
         )
     else:

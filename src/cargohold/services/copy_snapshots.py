@@ -88,13 +88,14 @@ class CopySettings:
 
     #: Seconds to wait for a lock on either repository (0: fail at once).
     lock_wait: float = 0.0
-    #: Threads that read, decrypt and re-encrypt blobs.
-    threads: int = 2
+    #: Threads that read, decrypt and re-encrypt blobs (None: 2, or for a remote source as
+    #: many as its connections, up to 8, so that the ranged reads' round trips overlap).
+    threads: int | None = None
     #: Write an index file after this many stored bytes, so an interrupted copy keeps them.
     checkpoint_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
+        if self.threads is not None and self.threads < 1:
             raise UsageError("copy threads must be at least 1")
         if self.checkpoint_bytes < 1:
             raise UsageError("the copy checkpoint must be a positive number of bytes")
@@ -387,7 +388,7 @@ def _copy_one(
     progress.start(f"copy {snap.short_id}", sum(b.loc.length for b in blobs))
     try:
         since_checkpoint = 0
-        with ThreadPoolExecutor(settings.threads, thread_name_prefix="ch-copy") as pool:
+        with ThreadPoolExecutor(_threads(source, settings), thread_name_prefix="ch-copy") as pool:
             for batch in _batches(jobs, min(_BATCH_BYTES, settings.checkpoint_bytes)):
                 for job, (n, stored, raw) in zip(
                     batch, pool.map(lambda j: _transfer(source, target, j), batch), strict=True
@@ -408,6 +409,12 @@ def _copy_one(
     finally:
         progress.finish()
     return entry
+
+
+def _threads(source: Repository, settings: CopySettings) -> int:
+    if settings.threads is not None:
+        return settings.threads
+    return max(2, min(source.connections, 8)) if source.remote else 2
 
 
 def _batches(jobs: list[_Job], limit: int) -> Iterator[list[_Job]]:
