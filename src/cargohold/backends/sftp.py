@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import stat as stat_mod
@@ -81,7 +82,7 @@ from cargohold.backends.base import Leftover, ObjectInfo, check_name
 from cargohold.backends.leftovers import legacy_pid, parse_writer_tag, this_writer, writer_tag
 from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
 
-__all__ = ["DEFAULT_CONNECTIONS", "SFTPBackend", "SFTPLocation", "open_url", "parse_url"]
+__all__ = ["DEFAULT_CONNECTIONS", "SFTPBackend", "SFTPLocation", "SFTPStatusError", "open_url", "parse_url"]
 
 DEFAULT_CONNECTIONS = 4
 _TMP_MARK = "~tmp~"
@@ -101,6 +102,10 @@ _OPTIONS = {"ssh_config", "connections", "timeout"}
 _MAX_DEPTH = 16
 
 T = TypeVar("T")
+
+# paramiko logs a reset connection from its transport thread; with no handler Python would
+# print that to stderr (the last-resort handler) beside cargohold's one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 #: (name, attributes) of what a folder walk found (an alias: ``list`` is a method of the backend).
 _Entries = list[tuple[str, SFTPAttributes]]
 
@@ -193,6 +198,11 @@ class _Client(paramiko.SFTPClient):
             name = reply.get_text()
             self.extensions[name] = reply.get_binary()
         return version
+
+    def _convert_status(self, msg: Message) -> None:
+        code = msg.get_int()
+        if code != SFTP_OK:
+            _raise_status(code, msg.get_text())
 
 
 class _NoSFTP(Exception):
@@ -376,7 +386,7 @@ class _Session:
             return False
         try:
             handle = self.open(path or ".", SFTP_FLAG_READ)
-        except OSError:
+        except _STATUS:
             return False
         replies = _Replies()
         sync = self._send(replies, CMD_EXTENDED, "fsync@openssh.com", handle)
@@ -384,7 +394,7 @@ class _Session:
         kind, msg = self._wait(replies, sync)
         try:
             self._check_status(kind, msg)
-        except OSError:
+        except _STATUS:
             return False
         return True
 
@@ -413,20 +423,20 @@ class _Session:
             if parent in ("", path):
                 raise
             self.makedirs(parent)
-        except OSError:
+        except SFTPStatusError:  # "Failure": it may exist (made by another writer meanwhile)
             if self.is_dir(path):
                 return
             raise
         try:
             self.sftp.mkdir(path, 0o700)
-        except OSError:
+        except SFTPStatusError:
             if not self.is_dir(path):
                 raise
 
     def is_dir(self, path: str) -> bool:
         try:
             return stat_mod.S_ISDIR(self.sftp.stat(path).st_mode or 0)
-        except OSError:
+        except _STATUS:
             return False
 
     def exists(self, path: str) -> bool:
@@ -491,14 +501,23 @@ class _Session:
         return out
 
 
+class SFTPStatusError(OSError):
+    """An SFTP error status other than "no such file" and "permission denied" ("Failure",
+    "Bad message", "Operation unsupported"...): the server answered, the channel is in step.
+    (paramiko raises a bare OSError for these, as it does for a closed channel.)"""
+
+
 def _raise_status(code: int, text: str) -> None:
-    """Raise an error status as paramiko does: FileNotFoundError, PermissionError, else an
-    OSError without errno (see :func:`_is_status_error`)."""
+    """Raise an error status: FileNotFoundError, PermissionError or SFTPStatusError."""
     if code == SFTP_NO_SUCH_FILE:
         raise FileNotFoundError(errno.ENOENT, text)
     if code == SFTP_PERMISSION_DENIED:
         raise PermissionError(errno.EACCES, text)
-    raise OSError(text or f"SFTP status {code}")
+    raise SFTPStatusError(f"{text or 'SFTP status'} (SFTP status {code})")
+
+
+#: The errors that are answers of the server.
+_STATUS = (FileNotFoundError, PermissionError, SFTPStatusError)
 
 
 # --- the pool ----------------------------------------------------------------------------------
@@ -557,11 +576,8 @@ class _Pool:
         try:
             yield s
             broken = False
-        except (FileNotFoundError, PermissionError, ObjectExists, ObjectNotFound, UsageError):
+        except (*_STATUS, ObjectExists, ObjectNotFound, UsageError):
             broken = False  # a clean answer of the server: the channel is in step
-            raise
-        except OSError as err:
-            broken = not _is_status_error(err)
             raise
         finally:
             self._give(s, broken)
@@ -576,9 +592,8 @@ class _Pool:
 
 
 def _is_status_error(err: OSError) -> bool:
-    """An SFTP status answer turned into an OSError (the channel is in step): no such file,
-    permission denied, or any other status (an OSError without errno, e.g. "Failure")."""
-    return isinstance(err, FileNotFoundError | PermissionError) or (type(err) is OSError and err.errno is None)
+    """An SFTP status answer (the channel is in step), not a connection failure."""
+    return isinstance(err, _STATUS)
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -632,9 +647,9 @@ class SFTPBackend:
 
     def _lost(self, err: BaseException, what: str) -> BackendIOError:
         target = self._resolve()
-        reason = "timed out" if isinstance(err, TimeoutError) else (str(err) or type(err).__name__)
+        reason = "timed out" if isinstance(err, TimeoutError) else (str(err).strip().rstrip(":") or type(err).__name__)
         return BackendIOError(
-            f"the SFTP connection to {target.where} failed while {what}: {reason}",
+            f"the SFTP connection to {target.where} was lost ({what}): {reason}",
             hint="check the network and the server; a retry reconnects",
             transient=True,
         )
@@ -724,8 +739,7 @@ class SFTPBackend:
                 try:
                     s.link_new(tmp, path)
                 except OSError as err:
-                    clash = _is_status_error(err) and not isinstance(err, FileNotFoundError | PermissionError)
-                    if clash and s.exists(path):
+                    if isinstance(err, SFTPStatusError) and s.exists(path):
                         raise ObjectExists(f"object {name!r} already exists in {self.url}") from None
                     raise
             finally:
@@ -742,7 +756,7 @@ class SFTPBackend:
             try:
                 s.sftp.remove(path)
             except OSError as err:
-                if _is_status_error(err) and not isinstance(err, FileNotFoundError) and s.is_dir(path):
+                if isinstance(err, SFTPStatusError) and s.is_dir(path):
                     raise ObjectNotFound(f"object {name!r} does not exist in {self.url}") from None
                 raise
 
