@@ -78,14 +78,16 @@ class Checker:
         repo: Repository,
         *,
         progress: Progress | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         locks: LockManager | None = None,
     ) -> None:
         self.repo = repo
         #: Judges the leftovers against the other holders' locks (give the one holding ours).
         self.locks = locks or LockManager(repo.backend)
         self.progress = progress or NullProgress()
-        self.workers = workers
+        #: Packs read at once by --read-data (each whole in memory): two, or up to four of a
+        #: remote store's connections (the round trips overlap).
+        self.workers = workers if workers is not None else (max(2, min(repo.connections, 4)) if repo.remote else 2)
         self.report = CheckReport()
         self._bad_blobs: dict[bytes, str] = {}
         self._unlisted: set[bytes] = set()
