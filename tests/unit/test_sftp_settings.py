@@ -144,3 +144,13 @@ def test_local_commands_do_not_import_paramiko() -> None:
         "sys.exit(1 if 'paramiko' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_server_answers_are_told_from_a_dead_channel() -> None:
+    from cargohold.backends.sftp import SFTPStatusError, _is_status_error, _raise_status
+
+    assert not _is_status_error(OSError("Socket is closed"))  # paramiko's word for a closed channel
+    for code, cls in ((2, FileNotFoundError), (3, PermissionError), (4, SFTPStatusError)):
+        with pytest.raises(cls) as err:
+            _raise_status(code, "text")
+        assert _is_status_error(err.value)
