@@ -149,7 +149,8 @@ def test_errors_are_one_line_with_documented_codes(tmp_path: Path, src: Path) ->
     one_line_error(run("backup", "--path", str(tmp_path / "missing"), "--repo", str(repo), ok=False), exit_codes.USAGE)
     one_line_error(run("check", "--read-data-subset", "0", "--repo", str(repo), ok=False), exit_codes.USAGE)
     one_line_error(run("forget", "--repo", str(repo), ok=False), exit_codes.USAGE)
-    one_line_error(run("snapshots", "--repo", "sftp://host/x", ok=False), exit_codes.USAGE)
+    one_line_error(run("snapshots", "--repo", "gopher://host/x", ok=False), exit_codes.USAGE)
+    one_line_error(run("snapshots", "--repo", "sftp://no-such-host.invalid/x", ok=False), exit_codes.STORAGE)
     original = (repo / "config").read_bytes()
     config = json.loads(original)
     config["version"] = 42
