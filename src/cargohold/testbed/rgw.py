@@ -180,7 +180,8 @@ memstore device bytes = {MEMSTORE_BYTES}
 osd memory target = 1073741824
 osd max object size = 134217728
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+# tcp_nodelay: without it every small GET waits ~45 ms for a delayed ACK
+rgw frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1
 rgw dns name = 127.0.0.1
 rgw enable usage log = false
 """
