@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cargohold.backends import open_backend
 from cargohold.backends.base import Backend
 from cargohold.errors import (
     BackendError,
@@ -27,6 +26,7 @@ from cargohold.errors import (
 from cargohold.repo import keys as keyslots
 from cargohold.repo import paperkey
 from cargohold.repo.repository import CONFIG_NAME, RepoConfig, Repository, config_where, read_config
+from cargohold.repo.storage import open_storage
 from cargohold.services.repository import locks_of
 
 PAPER = "paper"
@@ -106,7 +106,7 @@ def import_key(url: str, text: str, password: str, *, label: str = "imported", w
     config is missing or damaged too it is restored from the export's verified copy."""
     exported = paperkey.parse(text, what=what or "the exported key")
     master, config = keyslots.open_export(exported, password)
-    backend = open_backend(url)
+    backend = open_storage(url)  # remote stores with retries
     restore = False
     try:
         current = read_config(backend)
@@ -151,7 +151,7 @@ def repair_config(url: str, password: str) -> RepairResult:
     """Restore a damaged or missing ``config`` from the verified copy in the key slot that
     ``password`` opens. An intact config is left alone (or rewritten with its checksum when
     it predates checksums)."""
-    backend = open_backend(url)
+    backend = open_storage(url)  # remote stores with retries
     current: RepoConfig | None = None
     problem = ""
     try:

@@ -665,12 +665,12 @@ def key_passwd(repo: Repository, new_password: str) -> str:
 
 
 def list_locks(url: str) -> list[LockInfo]:
-    return LockManager(open_backend(url)).list()
+    return LockManager(storage.open_storage(url, retry_budget=_retry_budget())).list()
 
 
 def unlock(url: str, *, remove_all: bool = False) -> int:
     """Remove stale locks (or every lock with ``remove_all``); returns how many."""
-    mgr = LockManager(open_backend(url))
+    mgr = LockManager(storage.open_storage(url, retry_budget=_retry_budget()))
     return mgr.break_all() if remove_all else mgr.remove_stale()
 
 
