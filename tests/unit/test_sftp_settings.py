@@ -87,6 +87,18 @@ def test_host_alias_settings(tmp_path: Path) -> None:
     assert (t.user, t.port, t.connect_timeout, t.known_hosts_name) == ("root", 22, 3.0, "192.0.2.7")
 
 
+def test_include_of_other_config_files(tmp_path: Path) -> None:
+    (tmp_path / ".ssh" / "config.d").mkdir(parents=True)
+    (tmp_path / ".ssh" / "config.d" / "10-backup.conf").write_text("Host backuphost\n    HostName 192.0.2.9\n")
+    (tmp_path / ".ssh" / "config.d" / "20-other.conf").write_text("Host other\n    Port 2200\n")
+    (tmp_path / ".ssh" / "extra").write_text("Host extra\n    User extra-user\n")
+    env = _env(tmp_path, "Include config.d/*.conf ~/.ssh/extra\nHost *\n    User everyone\n")
+    assert resolve("backuphost", env=env).hostname == "192.0.2.9"
+    assert resolve("other", env=env).port == 2200
+    assert resolve("extra", env=env).user == "extra-user"
+    assert resolve("backuphost", env=env).user == "everyone"
+
+
 def test_defaults_without_config(tmp_path: Path) -> None:
     env = SSHEnv(home=tmp_path, config_file=None, agent_socket="/run/a", local_user="me")
     t = resolve("example.org", env=env)

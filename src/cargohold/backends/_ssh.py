@@ -4,7 +4,7 @@
   (:meth:`SSHEnv.from_environ`): the home directory (``$HOME``), the ssh config file
   (``~/.ssh/config`` unless the caller names another, or none) and the agent socket
   (``$SSH_AUTH_SOCK``). Nothing below reads the environment, so a test hands in its own.
-* **ssh_config**: Host aliases, ``HostName``, ``User``, ``Port``, ``IdentityFile``,
+* **ssh_config**: ``Include``, Host aliases, ``HostName``, ``User``, ``Port``, ``IdentityFile``,
   ``IdentitiesOnly``, ``IdentityAgent`` (``none`` or a socket path),
   ``UserKnownHostsFile``, ``GlobalKnownHostsFile``, ``HostKeyAlias``, ``ProxyJump``
   (through a ``direct-tcpip`` channel of the jump host's own connection), ``ProxyCommand``,
@@ -21,8 +21,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import getpass
+import glob
 import hashlib
+import io
 import os
+import re
+import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,15 +134,40 @@ class _Config(paramiko.SSHConfig):
         return result
 
 
+_INCLUDE = re.compile(r"^\s*include(?:\s*=\s*|\s+)(.+?)\s*$", re.IGNORECASE)
+_MAX_INCLUDE_DEPTH = 16
+
+
+def _config_text(path: Path, home: Path, depth: int = 0) -> str:
+    """The config file's text with its ``Include`` lines replaced by the files they name
+    (paramiko knows no Include): globs, ``~``, and paths relative to ``~/.ssh``, in place, so
+    an Include inside a Host block stays conditional as in OpenSSH."""
+    if depth > _MAX_INCLUDE_DEPTH:
+        raise BackendIOError(f"ssh config Include nested more than {_MAX_INCLUDE_DEPTH} deep at {path}")
+    out: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = _INCLUDE.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        for pattern in shlex.split(m.group(1)):
+            pattern = _expand_home(pattern, home)
+            if not pattern.startswith("/"):
+                pattern = str(home / ".ssh" / pattern)
+            for included in sorted(glob.glob(pattern)):
+                if Path(included).is_file():
+                    out.append(_config_text(Path(included), home, depth + 1))
+    return "\n".join(out) + "\n"
+
+
 def _read_config(env: SSHEnv) -> paramiko.SSHConfig:
     config = _Config(env.home)
     if env.config_file is None or not env.config_file.exists():
         return config
     try:
-        with open(env.config_file, encoding="utf-8") as f:
-            config.parse(f)
+        config.parse(io.StringIO(_config_text(env.config_file, env.home)))
         return config
-    except (OSError, UnicodeDecodeError, paramiko.ConfigParseError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, paramiko.ConfigParseError) as err:
         raise BackendIOError(
             f"cannot read the ssh config {env.config_file}: {err}", hint="fix the file, or name another"
         ) from err
