@@ -161,8 +161,6 @@ def _config(base: Path, port: int, sftp: bool = True) -> str:
         # the state directory may sit under a world-writable /tmp
         "StrictModes no\n"
         "AllowTcpForwarding yes\n"
-        "MaxStartups 100:30:200\n"
-        "MaxSessions 50\n"
         f"{subsystem}"
         "LogLevel VERBOSE\n"
     )
