@@ -369,3 +369,19 @@ def test_check_reads_the_store_not_the_cache(tmp_path: Path) -> None:
     report = svc.check(fresh)
     assert not report.ok
     assert fresh.cache is not None  # back on after the check
+
+
+def test_the_clean_up_after_a_failed_store_is_not_retried() -> None:
+    inner = _Unreachable()
+    deletes: list[str] = []
+    inner.delete = deletes.append  # type: ignore[method-assign]
+    backend = CountingBackend(RetryBackend(inner, attempts=3, base_delay=0.001))
+    storage.delete_once(backend, "data/x")
+    assert deletes == ["data/x"]
+    repo_like = FaultBackend(
+        MemoryBackend(), FaultPlan(fail_at=0, transient=True, fail_times=100, ops=frozenset({"delete"}))
+    )
+    rb = RetryBackend(repo_like, attempts=50, base_delay=0.001)
+    with pytest.raises(BackendIOError):
+        storage.delete_once(rb, "data/y")
+    assert repo_like.count == 1 and rb.retries == 0

@@ -50,7 +50,7 @@ from cargohold.repo.fileread import Compressibility, read_file
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
 from cargohold.repo.pack import PackBuilder, PackStream
-from cargohold.repo.storage import RETRY_BUDGET, open_storage
+from cargohold.repo.storage import RETRY_BUDGET, delete_once, open_storage
 
 #: New chunks are claimed from the parent in batches of about this many bytes.
 CLAIM_BATCH = 2 * 1024 * 1024
@@ -185,9 +185,9 @@ class Worker:
         name = pack_name(pack_id)
         try:
             self.backend.store(name, data)
-        except BackendError:  # what a broken store may have left half written
+        except BackendError:  # what a broken store may have left half written (one attempt)
             with contextlib.suppress(BackendError):
-                self.backend.delete(name)
+                delete_once(self.backend, name)
             raise
         self.send(("pack", rec))
 

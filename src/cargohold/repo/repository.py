@@ -462,7 +462,7 @@ class Repository:
             self.backend.store(name, data)
         except BackendError:
             with contextlib.suppress(BackendError):
-                self.backend.delete(name)
+                storage.delete_once(self.backend, name)  # one attempt: not a second retry budget
             raise
 
     def locate(self, bid: bytes) -> Location | None:

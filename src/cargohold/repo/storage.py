@@ -188,6 +188,18 @@ def retry_budget_of(backend: Backend) -> float:
     return RETRY_BUDGET
 
 
+def delete_once(backend: Backend, name: str) -> None:
+    """Delete ``name`` with one attempt, under any retries: the clean-up after a failed
+    write, which must not spend a second retry budget on a store that is unreachable."""
+    b: object = backend
+    while b is not None:
+        if isinstance(b, RetryBackend):
+            b.inner.delete(name)
+            return
+        b = getattr(b, "inner", None)
+    backend.delete(name)
+
+
 def connections_of(backend: Backend) -> int:
     """How many parallel connections the store wants (1 when it does not say)."""
     b: object = backend
