@@ -372,10 +372,13 @@ def test_check_reads_the_store_not_the_cache(tmp_path: Path) -> None:
 
 
 def test_the_clean_up_after_a_failed_store_is_not_retried() -> None:
-    inner = _Unreachable()
     deletes: list[str] = []
-    inner.delete = deletes.append  # type: ignore[method-assign]
-    backend = CountingBackend(RetryBackend(inner, attempts=3, base_delay=0.001))
+
+    class Deletes(_Unreachable):
+        def delete(self, name: str) -> None:
+            deletes.append(name)
+
+    backend = CountingBackend(RetryBackend(Deletes(), attempts=3, base_delay=0.001))
     storage.delete_once(backend, "data/x")
     assert deletes == ["data/x"]
     repo_like = FaultBackend(
