@@ -52,6 +52,7 @@ def test_backup_inventory_verify_restore(
 
     out = json.loads(run(env, "backup", vol, "--json").stdout)
     [res] = out["results"]
+    assert out["requests"]["store"] >= 2 and out["requests"]["bytes_up"] > 0  # packs, index, snapshot
     assert res["source"] == {"kind": "volume", "name": vol} and res["consistency"] == "pause"
     assert res["error"] is None and res["downtime_seconds"][ctr] > 0 and res["snapshot"]["stats"]["files"] == 2
     assert docker_port.inspect_container(ctr).state == "running"

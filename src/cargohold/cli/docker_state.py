@@ -111,7 +111,7 @@ def backup_docker(
     )
     with open_repo(repo, password_file) as r:
         report = DockerBackup(r, docker, docker.endpoint, request).run(sources)
-    _print_backup(report, json)
+    _print_backup(report, json, r.request_counts())
     if report.failed:
         first = report.failed[0]
         raise typer.Exit(exit_codes.exit_code_for(first.exception) if first.exception else exit_codes.CONSISTENCY)
@@ -119,14 +119,15 @@ def backup_docker(
         raise typer.Exit(exit_codes.FINDINGS)
 
 
-def _print_backup(report: RunReport, json: bool) -> None:
+def _print_backup(report: RunReport, json: bool, requests: dict[str, int]) -> None:
     for r in report.results:
         for w in r.warnings:
             note(f"warning: {r.source.label}: {w}")
         if r.error is not None:
             note(f"cargohold: error: {r.source.label}: {r.error}")
     if json:
-        print_json({"run_id": report.run_id, "results": [_result_json(r) for r in report.results]})
+        doc = {"run_id": report.run_id, "results": [_result_json(r) for r in report.results], "requests": requests}
+        print_json(doc)
         return
     rows = []
     for r in report.results:
