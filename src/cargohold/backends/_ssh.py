@@ -428,6 +428,8 @@ def _handshake(sock: Any, target: Target, env: SSHEnv, timeout: float) -> parami
         opts.key_types = tuple(dict.fromkeys([*preferred, *opts.key_types]))
         try:
             transport.start_client(timeout=timeout)
+            if not transport.initial_kex_done:  # paramiko returns quietly when the timeout passed
+                raise TimeoutError("no key exchange")
         except (OSError, paramiko.SSHException, EOFError) as err:
             raise _unreachable(target, err) from err
         key = transport.get_remote_server_key()

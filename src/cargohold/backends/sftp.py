@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import paramiko
 from paramiko.message import Message
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_DATA,
     CMD_EXTENDED,
@@ -62,6 +63,7 @@ from paramiko.sftp import (
     CMD_READ,
     CMD_READDIR,
     CMD_REMOVE,
+    CMD_RENAME,
     CMD_STATUS,
     CMD_VERSION,
     CMD_WRITE,
@@ -93,6 +95,8 @@ _CHUNK = 128 * 1024
 _SAFE_CHUNK = 32 * 1024
 #: Requests in flight per call.
 _WINDOW = 32
+#: Folders listed at once (each holds a handle of the server: at most a quarter of its limit).
+_FOLDERS_AT_ONCE = 128
 #: The SSH channel's receive window and largest packet (paramiko's defaults, 2 MiB and
 #: 32 KiB, halve the download rate).
 _CHANNEL_WINDOW = 16 * 1024 * 1024
@@ -226,6 +230,7 @@ class _Session:
         self.conn = conn
         self.pid = os.getpid()
         self.read_chunk = self.write_chunk = _SAFE_CHUNK
+        self.folders_at_once = _FOLDERS_AT_ONCE
         # paramiko waits for the subsystem's answer without a timeout: a watchdog closes the
         # connection if the setup takes longer than ``timeout``.
         watchdog = threading.Timer(timeout, conn.close)
@@ -248,8 +253,11 @@ class _Session:
                 kind, msg = self._request(CMD_EXTENDED, "limits@openssh.com")
                 if kind == CMD_EXTENDED_REPLY:
                     _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+                    max_handles = msg.get_int64()
                     self.read_chunk = min(_CHUNK, max_read or _CHUNK)
                     self.write_chunk = min(_CHUNK, max_write or _CHUNK)
+                    if max_handles:
+                        self.folders_at_once = max(1, min(self.folders_at_once, max_handles // 4))
         finally:
             watchdog.cancel()
 
@@ -293,9 +301,6 @@ class _Session:
             raise paramiko.SFTPError(f"expected a handle, got message type {kind}")
         return msg.get_binary()
 
-    def close_handle(self, handle: bytes) -> None:
-        self._request(CMD_CLOSE, handle)
-
     def remove_async(self, path: str) -> None:
         """Remove without waiting for the answer (a later request reads and drops it)."""
         self.sftp._async_request(type(None), CMD_REMOVE, path)  # type: ignore[attr-defined]
@@ -308,12 +313,9 @@ class _Session:
         _kind, msg = self._request(CMD_FSTAT, handle)
         return SFTPAttributes._from_msg(msg)  # type: ignore[attr-defined,no-any-return]
 
-    def fsync(self, handle: bytes) -> None:
-        if "fsync@openssh.com" in self.ext:
-            self._request(CMD_EXTENDED, "fsync@openssh.com", handle)
-
-    def write_file(self, path: str, data: memoryview) -> None:
-        """Create ``path`` (which must not exist), write ``data``, fsync, close."""
+    def write_file(self, path: str, data: memoryview) -> bytes:
+        """Create ``path`` (which must not exist) and write ``data``; the handle, still open,
+        once every write is acknowledged (:meth:`publish` then makes it an object)."""
         handle = self.open(path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL)
         try:
             replies = _Replies()
@@ -325,25 +327,110 @@ class _Session:
                 pending.append(self._send(replies, CMD_WRITE, handle, int64(off), bytes(data[off : off + step])))
             for num in pending:
                 self._check_status(*self._wait(replies, num))
-            self.fsync(handle)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.close_async(handle)
             raise
-        self.close_handle(handle)
+        return handle
+
+    def publish(self, handle: bytes, tmp: str, final: str, *, replace: bool, folder: str | None) -> bool:
+        """fsync and close the written temporary file ``tmp``, publish it as ``final`` — over an
+        existing one (``replace``) or only if the name is free (else an SFTPStatusError) — and
+        fsync ``folder``: all sent at once, one round trip (plus one for the folder's fsync).
+        The writes are acknowledged already, so a published object is always whole. True when
+        the folder was fsync'd."""
+        replies = _Replies()
+        steps: list[tuple[str, int]] = []
+        if "fsync@openssh.com" in self.ext:
+            steps.append(("fsync", self._send(replies, CMD_EXTENDED, "fsync@openssh.com", handle)))
+        steps.append(("close", self._send(replies, CMD_CLOSE, handle)))
+        fallback = replace and "posix-rename@openssh.com" not in self.ext
+        if replace and not fallback:
+            steps.append(("publish", self._send(replies, CMD_EXTENDED, "posix-rename@openssh.com", tmp, final)))
+        elif not replace and "hardlink@openssh.com" in self.ext:
+            steps.append(("publish", self._send(replies, CMD_EXTENDED, "hardlink@openssh.com", tmp, final)))
+        elif not replace:
+            steps.append(("publish", self._send(replies, CMD_RENAME, tmp, final)))  # SFTP v3: fails if taken
+        if folder is not None and "fsync@openssh.com" in self.ext and not fallback:
+            steps.append(("folder", self._send(replies, CMD_OPEN, folder or ".", SFTP_FLAG_READ, SFTPAttributes())))
+        error: BaseException | None = None
+        folder_handle: bytes | None = None
+        for step, num in steps:
+            kind, msg = self._wait(replies, num)
+            if step == "folder":
+                folder_handle = msg.get_binary() if kind == CMD_HANDLE else None
+                continue
+            try:
+                self._check_status(kind, msg)
+            except _STATUS as err:
+                error = error or err
+        if folder_handle is not None:
+            if error is not None:
+                self.close_async(folder_handle)
+            else:
+                sync = self._send(replies, CMD_EXTENDED, "fsync@openssh.com", folder_handle)
+                self.close_async(folder_handle)
+                kind, msg = self._wait(replies, sync)
+                try:
+                    self._check_status(kind, msg)
+                except _STATUS:
+                    folder_handle = None
+        if error is not None:
+            raise error
+        if fallback:  # no atomic replace: the object is missing for a moment, never partial
+            with contextlib.suppress(FileNotFoundError):
+                self.sftp.remove(final)
+            self.sftp.rename(tmp, final)
+        return folder_handle is not None
 
     def read_file(self, path: str, offset: int, length: int | None) -> bytes:
+        """Bytes of ``path`` from ``offset`` (``length`` of them, or to the end). A range needs
+        no size: reads past the end are answered with EOF. A whole file asks for its size and
+        its first piece at once, so a small object costs two round trips (open, read)."""
         handle = self.open(path, SFTP_FLAG_READ)
         try:
-            attrs = self.fstat(handle)
+            if length is not None:
+                try:
+                    return self._read_range(handle, offset, offset + length)
+                except SFTPStatusError:
+                    self._check_regular(handle)  # a folder opens, but cannot be read
+                    raise
+            replies = _Replies()
+            stat = self._send(replies, CMD_FSTAT, handle)
+            first = self._send(replies, CMD_READ, handle, int64(offset), self.read_chunk)
+            kind, msg = self._wait(replies, stat)
+            if kind != CMD_ATTRS:
+                self._wait(replies, first)
+                self._check_status(kind, msg)
+                raise paramiko.SFTPError(f"expected attributes, got message type {kind}")
+            attrs = SFTPAttributes._from_msg(msg)  # type: ignore[attr-defined]
+            kind, msg = self._wait(replies, first)
             if attrs.st_mode is not None and not stat_mod.S_ISREG(attrs.st_mode):
                 raise FileNotFoundError(errno.ENOENT, "not a regular file")
+            piece = self._data(kind, msg)
             size = attrs.st_size or 0
-            end = size if length is None else min(size, offset + length)
-            return self._read_range(handle, offset, end)
+            if offset + len(piece) >= size:
+                return piece[: max(0, size - offset)]
+            return piece + self._read_range(handle, offset + len(piece), size)
         finally:
             with contextlib.suppress(Exception):
                 self.close_async(handle)
+
+    def _check_regular(self, handle: bytes) -> None:
+        attrs = self.fstat(handle)
+        if attrs.st_mode is not None and not stat_mod.S_ISREG(attrs.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file")
+
+    def _data(self, kind: int, msg: Message) -> bytes:
+        """The bytes of a read's answer (b"" at the end of the file)."""
+        if kind == CMD_STATUS:
+            code = msg.get_int()
+            if code == SFTP_EOF:
+                return b""
+            _raise_status(code, msg.get_text())
+        if kind != CMD_DATA:
+            raise paramiko.SFTPError(f"expected data, got message type {kind}")
+        return msg.get_binary()
 
     def _read_range(self, handle: bytes, start: int, end: int) -> bytes:
         """Bytes ``start:end`` of an open file, by pipelined reads (a short answer, which a
@@ -352,26 +439,23 @@ class _Session:
         replies = _Replies()
         pending: list[tuple[int, int]] = []  # (request, length asked)
         next_off = pos = start
+        short: int | None = None  # the length of a short answer, until we know it was no EOF
         while pos < end:
             while next_off < end and len(pending) < _WINDOW:
                 n = min(self.read_chunk, end - next_off)
                 pending.append((self._send(replies, CMD_READ, handle, int64(next_off), n), n))
                 next_off += n
             num, n = pending.pop(0)
-            kind, msg = self._wait(replies, num)
-            if kind == CMD_STATUS:
-                code = msg.get_int()
-                if code == SFTP_EOF:  # the file is shorter than its size said
-                    break
-                _raise_status(code, msg.get_text())
-            if kind != CMD_DATA:
-                raise paramiko.SFTPError(f"expected data, got message type {kind}")
-            piece = msg.get_binary()
+            piece = self._data(*self._wait(replies, num))
+            if not piece:  # the end of the file
+                break
+            if short is not None:  # data after a short answer: the server reads less per request
+                self.read_chunk = max(1024, min(self.read_chunk, short))
+                short = None
             out += piece
             pos += len(piece)
             if len(piece) < n:
-                if pos < end:  # the server reads less per request than it said: ask for that much
-                    self.read_chunk = max(1024, len(piece))
+                short = len(piece)
                 for num2, _n in pending:  # answers to requests past the gap: drop them
                     self._wait(replies, num2)
                 pending.clear()
@@ -379,39 +463,6 @@ class _Session:
         for num, _n in pending:
             self._wait(replies, num)
         return bytes(out)
-
-    def fsync_dir(self, path: str) -> bool:
-        """fsync a folder (an OpenSSH server opens folders as files); False when it cannot."""
-        if "fsync@openssh.com" not in self.ext:
-            return False
-        try:
-            handle = self.open(path or ".", SFTP_FLAG_READ)
-        except _STATUS:
-            return False
-        replies = _Replies()
-        sync = self._send(replies, CMD_EXTENDED, "fsync@openssh.com", handle)
-        self.close_async(handle)
-        kind, msg = self._wait(replies, sync)
-        try:
-            self._check_status(kind, msg)
-        except _STATUS:
-            return False
-        return True
-
-    def rename_over(self, src: str, dst: str) -> None:
-        if "posix-rename@openssh.com" in self.ext:
-            self._request(CMD_EXTENDED, "posix-rename@openssh.com", src, dst)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.sftp.remove(dst)
-        self.sftp.rename(src, dst)
-
-    def link_new(self, src: str, dst: str) -> None:
-        """Publish ``src`` as ``dst`` only if ``dst`` is free (OSError otherwise)."""
-        if "hardlink@openssh.com" in self.ext:
-            self._request(CMD_EXTENDED, "hardlink@openssh.com", src, dst)
-        else:
-            self.sftp.rename(src, dst)  # SFTP v3: fails when dst exists
 
     def makedirs(self, path: str) -> None:
         """Create folder ``path`` and its missing parents."""
@@ -450,8 +501,9 @@ class _Session:
         """The entries of each folder (None for a missing one), listed in parallel: a level of
         256 ``data/xx`` folders costs a few round trips, not a thousand."""
         out: dict[str, list[SFTPAttributes] | None] = {}
-        for i in range(0, len(paths), _WINDOW):
-            out.update(self._listdirs(paths[i : i + _WINDOW]))
+        step = self.folders_at_once
+        for i in range(0, len(paths), step):
+            out.update(self._listdirs(paths[i : i + step]))
         return out
 
     def _listdirs(self, paths: list[str]) -> dict[str, list[SFTPAttributes] | None]:
@@ -689,18 +741,21 @@ class SFTPBackend:
         tmp = f".{base}{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
         return f"{folder}/{tmp}" if folder else tmp
 
-    def _write_temp(self, s: _Session, path: str, data: memoryview) -> str:
+    def _write_temp(self, s: _Session, path: str, data: memoryview) -> tuple[str, bytes]:
+        """A new temporary file beside ``path`` holding ``data`` (folders made on demand): its
+        name and open handle."""
         tmp = self._temp(path)
         try:
-            s.write_file(tmp, data)
+            return tmp, s.write_file(tmp, data)
         except FileNotFoundError:
             s.makedirs(self._dir_of(path))
-            s.write_file(tmp, data)
-        return tmp
+            return tmp, s.write_file(tmp, data)
 
-    def _sync_dir(self, s: _Session, folder: str) -> None:
-        if self._dir_fsync and not s.fsync_dir(folder):
-            self._dir_fsync = False
+    def _publish(self, s: _Session, written: tuple[str, bytes], path: str, *, replace: bool) -> None:
+        tmp, handle = written
+        folder = self._dir_of(path) if self._dir_fsync else None
+        if not s.publish(handle, tmp, path, replace=replace, folder=folder) and folder is not None:
+            self._dir_fsync = False  # the server cannot fsync folders: stop asking
 
     # -- Backend protocol
 
@@ -715,14 +770,13 @@ class SFTPBackend:
         view = memoryview(data).cast("B")
 
         def run(s: _Session) -> None:
-            tmp = self._write_temp(s, path, view)
+            written = self._write_temp(s, path, view)
             try:
-                s.rename_over(tmp, path)
+                self._publish(s, written, path, replace=True)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    s.sftp.remove(tmp)
+                    s.remove_async(written[0])
                 raise
-            self._sync_dir(s, self._dir_of(path))
 
         self._call(f"object {name!r}", run, missing=lambda: self._vanished(name))
 
@@ -734,18 +788,16 @@ class SFTPBackend:
         view = memoryview(data).cast("B")
 
         def run(s: _Session) -> None:
-            tmp = self._write_temp(s, path, view)
+            written = self._write_temp(s, path, view)
             try:
-                try:
-                    s.link_new(tmp, path)
-                except OSError as err:
-                    if isinstance(err, SFTPStatusError) and s.exists(path):
-                        raise ObjectExists(f"object {name!r} already exists in {self.url}") from None
-                    raise
+                self._publish(s, written, path, replace=False)
+            except SFTPStatusError:
+                if s.exists(path):
+                    raise ObjectExists(f"object {name!r} already exists in {self.url}") from None
+                raise
             finally:
                 with contextlib.suppress(Exception):
-                    s.remove_async(tmp)
-            self._sync_dir(s, self._dir_of(path))
+                    s.remove_async(written[0])
 
         self._call(f"object {name!r}", run, missing=lambda: self._vanished(name))
 
