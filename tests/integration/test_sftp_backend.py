@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from cargohold.backends._ssh import HostKeyError, LoginRefused, SSHEnv
 from cargohold.backends.sftp import SFTPBackend
 from cargohold.cli import exit_codes
 from cargohold.errors import BackendIOError, ObjectExists
+from cargohold.testbed._system import apt_install
 from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd
 
 
@@ -261,6 +264,79 @@ def test_a_server_without_sftp_is_a_clear_error(tmp_path: Path, folder: Path) ->
         assert "offers no SFTP service" in str(err.value) and not err.value.transient
     finally:
         stop_sshd(server.base)
+
+
+def _strace_installed() -> str:
+    path = shutil.which("strace")
+    if path is None:
+        apt_install(["strace"], why="the SFTP durability test watches the server's system calls")
+        path = shutil.which("strace")
+    assert path is not None
+    return path
+
+
+def _events(strace_out: str, folder: Path) -> list[str]:
+    """The traced calls on files under ``folder`` as "call path [path]" (relative; temporary
+    files as "tmp"), and "fsync <what that fd was opened on>"."""
+
+    def rel(path: str) -> str:
+        short = path.replace(f"{folder}/", "")
+        return "tmp" if "~tmp~" in short else short
+
+    fd_of: dict[str, str] = {}
+    events: list[str] = []
+    for line in strace_out.splitlines():
+        line = line.split(" ", 1)[1] if " " in line else line
+        fsync = re.match(r"fsync\((\d+)\)\s+= 0", line)
+        if fsync:
+            events.append(f"fsync {fd_of.get(fsync.group(1), '?')}")
+            continue
+        call = re.match(r'(\w+)\((?:AT_FDCWD, )?"([^"]+)"(?:, (?:AT_FDCWD, )?"([^"]+)")?.*\)\s+= (\d+)', line)
+        if call is None:
+            continue
+        name, first, second, result = call.groups()
+        if name == "openat":
+            fd_of[result] = rel(first)
+            events.append(f"open {rel(first)}")
+        else:
+            events.append(f"{name} {rel(first)} {rel(second) if second else ''}".strip())
+    return events
+
+
+def test_writes_are_durable_and_atomic_on_the_server(sshd_server: Sshd, tmp_path: Path, folder: Path) -> None:
+    """What the server does, seen by strace: store = an O_EXCL temporary file, fsync, rename
+    over the name, fsync of the folder; create = the same file published by link(2), which
+    fails on a taken name; a new folder's parent is fsync'd."""
+    b = backend(folder, config_file(tmp_path, sshd_server.ssh_config("it-sftp")))
+    list(b.list("x/"))  # connected: its sftp-server process exists
+    out = tmp_path / "strace.out"
+    pids = ",".join(map(str, [sshd_server.pid, *sshd_server.session_pids()]))
+    calls = "openat,fsync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,mkdir,mkdirat"
+    tracer = subprocess.Popen(
+        [_strace_installed(), "-f", "-p", pids, "-e", f"trace={calls}", "-o", str(out)], stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.0)  # attached
+        b.store("data/ab/obj", b"x" * 300_000)
+        b.create("locks/mine", b"lock")
+        time.sleep(0.3)
+    finally:
+        tracer.terminate()
+        tracer.wait()
+        b.close()
+    trace = out.read_text()
+    events = _events(trace, folder)
+    for step in ("open tmp", "fsync tmp", "rename tmp data/ab/obj", "open data/ab", "fsync data/ab"):
+        assert step in events, (step, events)
+    assert events.index("fsync tmp") < events.index("rename tmp data/ab/obj") < events.index("fsync data/ab"), events
+    # each new folder's parent is fsync'd after the folder is made: data/ab in data, data in the root
+    assert events.index("mkdir data") < events.index(f"fsync {folder}") < events.index("mkdir data/ab"), events
+    assert events.index("mkdir data/ab") < events.index("fsync data") < events.index("open tmp"), events
+    link = events.index("link tmp locks/mine")
+    synced = events.index("fsync tmp", events.index("rename tmp data/ab/obj"))
+    assert synced < link < events.index("fsync locks"), events
+    assert "unlink tmp" in events[link:], events
+    assert not any(e.startswith("rename") and "locks/mine" in e for e in events), events  # never over a lock
 
 
 # --- faults --------------------------------------------------------------------------------------

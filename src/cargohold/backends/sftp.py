@@ -465,24 +465,42 @@ class _Session:
         return bytes(out)
 
     def makedirs(self, path: str) -> None:
-        """Create folder ``path`` and its missing parents."""
+        """Create folder ``path`` and its missing parents, fsyncing the parent of each new one
+        (so that the new entry survives a crash as the objects in it do)."""
+        head = path.rstrip("/").rpartition("/")[0]
+        parent = head or ("/" if path.startswith("/") else "")
         try:
             self.sftp.mkdir(path, 0o700)
-            return
         except FileNotFoundError:
-            parent = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
-            if parent in ("", path):
+            if parent in ("", "/"):
                 raise
             self.makedirs(parent)
+            try:
+                self.sftp.mkdir(path, 0o700)
+            except SFTPStatusError:
+                if not self.is_dir(path):
+                    raise
+                return
         except SFTPStatusError:  # "Failure": it may exist (made by another writer meanwhile)
             if self.is_dir(path):
                 return
             raise
+        self.fsync_folder(parent)
+
+    def fsync_folder(self, path: str) -> None:
+        """fsync a folder where the server can (best effort)."""
+        if "fsync@openssh.com" not in self.ext:
+            return
         try:
-            self.sftp.mkdir(path, 0o700)
-        except SFTPStatusError:
-            if not self.is_dir(path):
-                raise
+            handle = self.open(path or ".", SFTP_FLAG_READ)
+        except _STATUS:
+            return
+        replies = _Replies()
+        sync = self._send(replies, CMD_EXTENDED, "fsync@openssh.com", handle)
+        self.close_async(handle)
+        kind, msg = self._wait(replies, sync)
+        with contextlib.suppress(*_STATUS):
+            self._check_status(kind, msg)
 
     def is_dir(self, path: str) -> bool:
         try:
