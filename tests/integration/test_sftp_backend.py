@@ -339,6 +339,39 @@ def test_writes_are_durable_and_atomic_on_the_server(sshd_server: Sshd, tmp_path
     assert not any(e.startswith("rename") and "locks/mine" in e for e in events), events  # never over a lock
 
 
+def test_connections_bound_the_pool_and_close_releases_them(sshd_server: Sshd, tmp_path: Path, folder: Path) -> None:
+    b = backend(folder, config_file(tmp_path, sshd_server.ssh_config("it-sftp")), options="&connections=2")
+    assert b.connections == 2
+    before = set(sshd_server.session_pids())
+    logins = sshd_server.log_file.read_text().count("Accepted publickey")
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(5):
+                b.store(f"data/{i:02d}/{j}", os.urandom(200_000))
+                b.load(f"data/{i:02d}/{j}")
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sshd_server.log_file.read_text().count("Accepted publickey") - logins == 2  # 8 threads, 2 connections
+    sessions = set(sshd_server.session_pids()) - before
+    assert sessions
+    b.close()
+    deadline = time.monotonic() + 10
+    while set(sshd_server.session_pids()) & sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(sshd_server.session_pids()) & sessions  # the server saw the connections end
+    assert len(list(b.list("data/"))) == 40  # and a closed backend opens a new one when used again
+    b.close()
+
+
 # --- faults --------------------------------------------------------------------------------------
 
 

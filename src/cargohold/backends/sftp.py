@@ -594,7 +594,9 @@ _STATUS = (FileNotFoundError, PermissionError, SFTPStatusError)
 
 
 class _Pool:
-    """At most ``size`` sessions; a session that failed mid-request is closed, not reused."""
+    """At most ``size`` sessions; a session that failed mid-request is closed, not reused.
+    :meth:`close` closes the idle ones and those in use once they are given back; a later
+    call opens new ones (a closed backend still works, as a local one does)."""
 
     def __init__(self, opener: Callable[[], _Session], size: int) -> None:
         self._open = opener
@@ -603,37 +605,36 @@ class _Pool:
         self._busy = 0
         self._cond = threading.Condition()
         self._pid = os.getpid()
-        self.closed = False
+        self._generation = 0
 
-    def _take(self) -> _Session:
+    def _take(self) -> tuple[_Session, int]:
         with self._cond:
             if self._pid != os.getpid():  # forked: the parent's connections are not ours
                 self._idle, self._busy, self._pid = [], 0, os.getpid()
             while True:
-                if self.closed:
-                    raise BackendIOError("the SFTP backend is closed")
                 while self._idle:
                     s = self._idle.pop()
                     if s.alive():
                         self._busy += 1
-                        return s
+                        return s, self._generation
                     s.close()
                 if self._busy < self.size:
                     self._busy += 1
+                    generation = self._generation
                     break
                 self._cond.wait()
         try:
-            return self._open()
+            return self._open(), generation
         except BaseException:
             with self._cond:
                 self._busy -= 1
                 self._cond.notify()
             raise
 
-    def _give(self, s: _Session, broken: bool) -> None:
+    def _give(self, s: _Session, generation: int, broken: bool) -> None:
         with self._cond:
             self._busy -= 1
-            if broken or self.closed or not s.alive():
+            if broken or generation != self._generation or not s.alive():
                 s.close()
             else:
                 self._idle.append(s)
@@ -641,7 +642,7 @@ class _Pool:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[_Session]:
-        s = self._take()
+        s, generation = self._take()
         broken = True
         try:
             yield s
@@ -650,13 +651,12 @@ class _Pool:
             broken = False  # a clean answer of the server: the channel is in step
             raise
         finally:
-            self._give(s, broken)
+            self._give(s, generation, broken)
 
     def close(self) -> None:
         with self._cond:
-            self.closed = True
+            self._generation += 1
             idle, self._idle = self._idle, []
-            self._cond.notify_all()
         for s in idle:
             s.close()
 
