@@ -614,7 +614,7 @@ def test_reads_join_neighbours_within_limits() -> None:
     mib = 1 << 20
     near = [blob(1, 0, mib), blob(1, mib + 100, mib), blob(1, 2 * mib + 100 + cs._MAX_GAP, mib)]  # gap <= max
     far = [blob(1, 10 * mib, mib)]  # gap > max: a read of its own
-    big = [blob(2, i * 3 * mib, 3 * mib) for i in range(4)]  # contiguous, but 12 MiB > one read
+    big = [blob(2, i * mib, mib) for i in range(6)]  # contiguous, but 6 MiB > one read (4 MiB)
     blobs = [*reversed(near), *far, *big]
     jobs = list(cs._jobs(blobs))
     assert sorted(b.id for j in jobs for b in j.blobs) == sorted(b.id for b in blobs)  # each once
@@ -625,8 +625,8 @@ def test_reads_join_neighbours_within_limits() -> None:
     assert spans == [
         (1, 0, 3 * mib + 100 + cs._MAX_GAP),
         (1, 10 * mib, 11 * mib),
-        (2, 0, 6 * mib),
-        (2, 6 * mib, 12 * mib),
+        (2, 0, 4 * mib),
+        (2, 4 * mib, 6 * mib),
     ]
 
 

@@ -61,8 +61,8 @@ __all__ = [
 
 #: Adjacent blobs of one source pack are read together when the gap between them is at most this.
 _MAX_GAP = 256 * 1024
-#: ... and the read stays at most this long.
-_MAX_READ = 8 * 1024 * 1024
+#: ... and the read stays at most this long (memory: one such read per thread).
+_MAX_READ = 4 * 1024 * 1024
 #: Jobs handed to the worker threads at once (bounds memory: about this many reads in flight).
 _BATCH_BYTES = 64 * 1024 * 1024
 
@@ -349,7 +349,6 @@ def _transfer(source: Repository, target: Repository, job: _Job) -> tuple[int, i
     if len(data) != job.end - job.start:
         raise IntegrityError(f"{name} is truncated (needed up to byte {job.end})")
     view = memoryview(data)
-    out: dict[BlobType, list[tuple[bytes, bytes, int]]] = defaultdict(list)
     stored_bytes = raw_bytes = 0
     for b in job.blobs:
         what = f"{b.type.name.lower()} blob {b.id.hex()} in {name}"
@@ -363,11 +362,9 @@ def _transfer(source: Repository, target: Repository, job: _Job) -> tuple[int, i
         if len(plain) != b.loc.raw_length or source.blob_id(plain) != b.id:
             raise IntegrityError(f"{what}: content does not match its id")
         sealed = target.cipher.encrypt(payload, ad)
-        out[b.type].append((b.id, sealed, len(plain)))
+        target.add_encoded(b.type, b.id, sealed, len(plain))  # one blob at a time: memory stays low
         stored_bytes += len(sealed)
         raw_bytes += len(plain)
-    for btype, items in out.items():
-        target.add_encoded_many(btype, items)
     return len(job.blobs), stored_bytes, raw_bytes
 
 
