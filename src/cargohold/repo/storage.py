@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from cargohold.backends import open_backend
+from cargohold.backends import open_backend, url_with_options
 from cargohold.backends.base import Backend, Leftover, ObjectInfo
 from cargohold.backends.counting import CountingBackend, RequestCounts
 from cargohold.backends.local import LocalBackend
@@ -53,7 +53,7 @@ class WholeObjectLocal:
 
     def __init__(self, root: Path) -> None:
         self.local = LocalBackend(root)
-        self.url = url_with_query(self.local.url, {_STAGING: "no"})
+        self.url = url_with_options(self.local.url, {_STAGING: "no"})
 
     def __repr__(self) -> str:
         return f"WholeObjectLocal({str(self.local.root)!r})"
@@ -84,13 +84,6 @@ class WholeObjectLocal:
 
     def close(self) -> None:
         self.local.close()
-
-
-def url_with_query(url: str, options: dict[str, str]) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query.update(options)
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _open(url: str) -> Backend:
