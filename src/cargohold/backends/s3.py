@@ -136,6 +136,11 @@ def _md5(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
+def _is_aws(endpoint: str) -> bool:
+    host = urlsplit(endpoint).hostname or ""
+    return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
+
+
 def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
     """What botocore takes as a body (it refuses a memoryview)."""
     return data if isinstance(data, (bytes, bytearray)) else bytes(data)
@@ -185,25 +190,29 @@ class S3Backend:
         self.part_size = part_size
         try:
             session = boto3.session.Session()
-            self.region = region or session.region_name or "us-east-1"
+            # botocore reads AWS_DEFAULT_REGION and the profile's region, not AWS_REGION
+            self.region = region or os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
             endpoint = endpoint or None
-            style = addressing
-            if style == "auto":
-                # A non-AWS endpoint (RGW, MinIO, ...) rarely has wildcard DNS for buckets.
-                custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                style = "path" if custom else "virtual"
-            config = Config(
-                region_name=self.region,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                max_pool_connections=connections + 2,
-                s3={"addressing_style": style},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                user_agent_extra="cargohold",
-            )
-            self._client: Any = session.client("s3", endpoint_url=endpoint, config=config)
+
+            def client(style: str) -> Any:
+                config = Config(
+                    region_name=self.region,
+                    connect_timeout=connect_timeout,
+                    read_timeout=read_timeout,
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    max_pool_connections=connections + 2,
+                    s3={"addressing_style": style},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                    user_agent_extra="cargohold",
+                )
+                return session.client("s3", endpoint_url=endpoint, config=config)
+
+            self._client: Any = client("virtual" if addressing == "auto" else addressing)
+            if addressing == "auto" and not _is_aws(str(self._client.meta.endpoint_url)):
+                # A non-AWS endpoint (option, AWS_ENDPOINT_URL, a profile's endpoint_url: RGW,
+                # MinIO, ...) rarely has wildcard DNS names for buckets: path style.
+                self._client = client("path")
         except bex.BotoCoreError as err:
             raise BackendIOError(f"cannot set up the S3 client for bucket {bucket!r}: {err}") from err
         self.endpoint = str(self._client.meta.endpoint_url)
@@ -378,7 +387,7 @@ class S3Backend:
                 f"(e.g. `aws s3 mb s3://{self.bucket}`)",
             )
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
-        if self.region != "us-east-1" and "amazonaws.com" in self.endpoint:
+        if self.region != "us-east-1" and _is_aws(self.endpoint):
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
             self._client.create_bucket(**kwargs)
