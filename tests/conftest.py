@@ -10,7 +10,7 @@ import pytest
 
 from cargohold.errors import TestbedError
 from cargohold.testbed.resources import unique_name as _unique_name
-from cargohold.testbed.rgw import RgwServer, start_rgw, stop_rgw, temp_base
+from cargohold.testbed.rgw import RgwServer, start_rgw, stop_rgw, sweep_orphans, temp_base
 from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd
 
 
@@ -38,6 +38,7 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 def rgw_server() -> Iterator[RgwServer]:
     """A single-node Ceph RADOS Gateway (S3) on 127.0.0.1 with a memstore OSD, started once
     per run by the test bed (installing Ceph's packages when missing) and stopped at the end."""
+    sweep_orphans()  # gateways of earlier runs killed before they stopped theirs
     base = temp_base()  # short: the daemons' admin sockets live in it
     try:
         server = start_rgw(base)

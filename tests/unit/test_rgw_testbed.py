@@ -1,0 +1,31 @@
+"""The RGW test bed's bookkeeping (no Ceph needed): orphaned gateways are stopped by pid."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from cargohold.testbed import rgw
+
+
+def test_sweep_stops_the_daemons_of_a_dead_owner_only() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    daemon = subprocess.Popen(["sleep", "60"])  # stands in for ceph-mon
+    orphan = rgw.temp_base()
+    alive = rgw.temp_base()  # owned by this (living) process
+    try:
+        (orphan / "owner").write_text(f"{rgw.owner_token().rsplit(':', 2)[0]}:{dead.pid}:")
+        (orphan / "run").mkdir()
+        (orphan / "run" / "pid.mon").write_text(f"{daemon.pid}\n")
+        (orphan / "ceph.conf").write_text("")
+        swept = rgw.sweep_orphans()
+        assert orphan in swept and alive not in swept
+        assert daemon.wait(timeout=15) is not None  # stopped (SIGTERM)
+        assert not orphan.exists() and alive.exists()
+    finally:
+        daemon.kill()
+        rgw.stop_rgw(alive)
+        shutil.rmtree(alive, ignore_errors=True)
+        shutil.rmtree(orphan, ignore_errors=True)
