@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install engine images lint unit test demo bench bench-inventory bench-audit bench-docker bench-repository faults help
+.PHONY: install engine images lint unit test demo bench bench-inventory bench-audit bench-docker bench-repository bench-remote faults help
 
 help:
 	@echo "make demo   - bootstrap (venv, engine, images) and run the sample stateful app + inventory"
@@ -40,7 +40,7 @@ test: lint images
 demo: images
 	$(BIN)/python scripts/demo.py
 
-# Benchmarks (docs/PERFORMANCE.md); bench-docker and bench-repository need ../shared/bench/make_corpus.py
+# Benchmarks (docs/PERFORMANCE.md); bench-docker, bench-repository and bench-remote need ../shared/bench/make_corpus.py
 bench-inventory: images
 	$(BIN)/python bench/bench_inventory.py
 
@@ -53,7 +53,11 @@ bench-docker: images
 bench-repository: install
 	$(BIN)/python bench/bench_repository.py
 
-bench: bench-inventory bench-audit bench-docker bench-repository
+# S3 (the test bed's Ceph RGW) and SFTP (its sshd) against restic on the same servers; root installs what is missing
+bench-remote: install
+	$(BIN)/python bench/bench_remote.py
+
+bench: bench-inventory bench-audit bench-docker bench-repository bench-remote
 
 # The full fault campaign (docs/RELIABILITY.md): root for the loop-mounted full-disk campaign, a Docker
 # engine for the copy campaign (without one a backup of a restored tree stands in); SEED=N to vary it
