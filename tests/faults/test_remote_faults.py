@@ -320,7 +320,8 @@ def sftp_server() -> Iterator[SftpServer]:
 def s3_server() -> Iterator[S3Server]:
     rgw_mod = pytest.importorskip("cargohold.testbed.rgw")
     pytest.importorskip("cargohold.backends.s3")
-    # a gateway of our own: these tests kill and restart it
+    # a gateway of our own: these tests kill and restart it (and those of dead test runs go first)
+    rgw_mod.sweep_orphans()
     base = rgw_mod.temp_base()
     rgw = rgw_mod.start_rgw(base)
     try:
