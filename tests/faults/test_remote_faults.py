@@ -760,13 +760,6 @@ def test_kill_9_during_upload_then_next_backup_and_prune(remote: Remote) -> None
     remote.record(check_out=check.out.strip().splitlines()[-2:], prune_out=prune.out.strip().splitlines()[-3:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker processes' retries are not reported: repo/procworker.py sends "
-    "backend.counts.as_dict() in its 'bye' message, whose 'retries' only RetryBackend counts "
-    "(RetryBackend.retries of the worker's own storage is never added), so --debug shows no "
-    "'N retried' for a backup that survived resets",
-)
 def test_retries_of_an_upload_are_reported(sftp_server: SftpServer, tmp_path: Path) -> None:
     """The ``--debug`` request summary of a backup that survived resets counts its retries."""
     with open_remote(sftp_server, tmp_path, "test_retries_of_an_upload_are_reported") as rem:

@@ -50,7 +50,7 @@ from cargohold.repo.fileread import Compressibility, read_file
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
 from cargohold.repo.pack import PackBuilder, PackStream
-from cargohold.repo.storage import RETRY_BUDGET, delete_once, open_storage
+from cargohold.repo.storage import RETRY_BUDGET, delete_once, open_storage, request_counts
 
 #: New chunks are claimed from the parent in batches of about this many bytes.
 CLAIM_BATCH = 2 * 1024 * 1024
@@ -101,7 +101,7 @@ class Worker:
             self._queue_pack()
         self._wait_packs()
         self._writer.shutdown(wait=True)
-        self.send(("bye", self.backend.counts.as_dict()))
+        self.send(("bye", request_counts(self.backend, self.backend.counts)))
 
     def store(self, reader: ChunkSource, method: str, data_size: int) -> tuple[list[bytes], int]:
         """Cut and hash one file; its chunks are claimed and stored in batches that may hold

@@ -417,12 +417,7 @@ class Repository:
     def request_counts(self) -> dict[str, int]:
         """Requests per operation, bytes up and down and retries, of this process and of
         the worker processes that reported theirs."""
-        counts = self.requests.as_dict()
-        inner: object = self.backend
-        while inner is not None:
-            counts["retries"] += int(getattr(inner, "retries", 0) or 0)
-            inner = getattr(inner, "inner", None)
-        return counts
+        return storage.request_counts(self.backend, self.requests)
 
     def flush(self) -> list[str]:
         """Write open packs, then an index file for every pack not yet indexed."""

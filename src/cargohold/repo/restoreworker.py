@@ -32,7 +32,7 @@ from typing import Any
 from cargohold.repo.child import run_child
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.restoredata import DataWriter, WriteReport
-from cargohold.repo.storage import RETRY_BUDGET, open_storage
+from cargohold.repo.storage import RETRY_BUDGET, open_storage, request_counts
 
 _Inbox = queue.SimpleQueue[tuple[Any, ...] | BaseException]
 
@@ -73,7 +73,7 @@ class RestoreWorker:
         if self._failures:
             raise self._failures[0]
         self.close()
-        self.send(("bye", self.backend.counts.as_dict()))
+        self.send(("bye", request_counts(self.backend, self.backend.counts)))
 
     def _work(self, writer: DataWriter, inbox: _Inbox) -> None:
         """Write jobs until "stop" (passed on to the other writers) or a failure (passed on

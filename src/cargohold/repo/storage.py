@@ -103,6 +103,17 @@ def _open(url: str) -> Backend:
     return open_backend(url)
 
 
+def request_counts(backend: Backend, counts: RequestCounts) -> dict[str, int]:
+    """``counts`` (of the requests made to ``backend``) with the retries that the
+    :class:`RetryBackend` somewhere under ``backend`` made (they count themselves)."""
+    out = counts.as_dict()
+    inner: object = backend
+    while inner is not None:
+        out["retries"] += int(getattr(inner, "retries", 0) or 0)
+        inner = getattr(inner, "inner", None)
+    return out
+
+
 def innermost(backend: Backend) -> object:
     """The store under any wrappers (retries, counting, faults)."""
     inner: object = backend
