@@ -1,0 +1,198 @@
+"""Docker state through remote repositories, with the CLI as a user runs it, once on the test bed's
+RADOS Gateway (S3) and once on its OpenSSH server (SFTP) (``remote_repo``, tests/conftest.py): a
+volume backed up (read from its mountpoint and through the Engine archive API), restored ``--to`` a
+new volume and verified; ``copy VOLUME --to-engine`` and ``project move`` to the test bed's second
+engine (first a full copy, then only the change); a PostgreSQL volume backed up with its dump,
+restored from the dump and verified. Every copy is compared with its source entry by entry: type,
+mode, owner, size, links, link target, modification time and content."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from cargohold.docker.sdk import SdkDocker
+from cargohold.testbed.recipes import POSTGRES
+from cargohold.testbed.resources import Resources, wait_ready
+
+if TYPE_CHECKING:
+    from conftest import RemoteRepo  # tests/conftest.py (the remote_repo fixture)
+
+SERVICE = ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
+FILL = (
+    "mkdir -p /data/sub/deep /data/empty && echo hello > /data/sub/f && head -c 2500000 /dev/urandom > /data/big"
+    " && ln /data/sub/f /data/hard && ln -s sub/f /data/link && echo bye > /data/sub/deep/gone"
+    " && mkfifo /data/fifo && chown -R 33:44 /data/sub && chmod 640 /data/sub/f && chmod 710 /data"
+    " && touch -d '2020-02-03 04:05:06' /data/sub/f"
+)
+CHANGE = "echo changed > /data/sub/f2 && rm /data/sub/deep/gone && echo more >> /data/sub/f"
+PROJECT_LABEL = "com.docker.compose.project"
+PGDATA = "/var/lib/postgresql/data"
+
+
+def listing(docker: SdkDocker, volume: str, *, seconds: bool = False) -> str:
+    """Type, mode, owner, size, links, link target, mtime and content of every entry of a volume."""
+    mp = docker.inspect_volume(volume).mountpoint
+    out = subprocess.run(
+        f"cd {mp} && find . -printf '%p %y %m %U %G %s %n %l %TY-%Tm-%Td %TH:%TM:%TS\\n' | sort"
+        " && find . -type f -exec md5sum {} + | sort",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert len(out.splitlines()) >= 3, out  # ".", an entry, its checksum at least
+    # the archive API carries modification times to the second
+    return re.sub(r"(\d\d:\d\d:\d\d)\.\d+", r"\1", out) if seconds else out
+
+
+def js(proc: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(proc.stdout)
+
+
+def filled_volume(docker: SdkDocker, resources: Resources, image: str, prefix: str, **labels: str) -> tuple[str, str]:
+    vol = resources.volume(prefix, labels=labels or None)
+    ctr = resources.run(image, command=SERVICE, volumes={vol: "/data"}, labels={"cargohold.consistency": "pause"})
+    res = docker.exec(ctr, ["sh", "-c", FILL])
+    assert res.exit_code == 0, res.stderr.decode()
+    return vol, ctr
+
+
+@pytest.mark.parametrize("via", ["direct", "api"])
+def test_backup_restore_verify_a_volume(
+    remote_repo: RemoteRepo, docker_port: SdkDocker, resources: Resources, busybox_image: str, via: str
+) -> None:
+    r = remote_repo
+    r.cli("init")
+    vol, ctr = filled_volume(docker_port, resources, busybox_image, "rdv")
+    out = js(r.cli("backup", vol, "--via", via, "--json"))
+    [res] = out["results"]
+    assert res["error"] is None and res["via"] == via and res["consistency"] == "pause", res
+    assert out["requests"]["store"] >= 3 and out["requests"]["bytes_up"] > 2_500_000  # packs went to the server
+    snap = res["snapshot"]["id"]
+    assert docker_port.inspect_container(ctr).state == "running"
+    assert len(r.objects("snapshots/")) == 1 and r.objects("data/")
+
+    target = resources.track_volume(resources.name("rdv-restored"))
+    restored = js(r.cli("restore", snap, "--to", target, "--via", via, "--json"))
+    assert restored["created"] is True and restored["via"] == via and restored["damaged"] == {}
+    exact = via == "direct"
+    assert listing(docker_port, target, seconds=not exact) == listing(docker_port, vol, seconds=not exact)
+
+    verified = js(r.cli("verify", snap, "--via", via, "--json"))
+    assert verified["ok"] is True and verified["problems"] == [] and verified["files"] == 4, verified
+    inventory = js(r.cli("volumes", "--json"))
+    assert inventory["backups_read"] is True
+    [entry] = [v for v in inventory["volumes"] if v["name"] == vol]
+    assert entry["backup"]["snapshot"] == snap and entry["backup"]["last_verify_ok"] is True
+    assert js(r.cli("check", "--read-data", "--json"))["ok"] is True
+
+
+def _project(docker: SdkDocker, res: Resources, image: str, project: str) -> tuple[str, str, str]:
+    """A compose-style project: service db with the named volume PROJECT_data, service cache with an
+    anonymous volume on /cache. Returns (named volume, anonymous volume, db container)."""
+    labels = {PROJECT_LABEL: project, "com.docker.compose.volume": "data"}
+    data = res.volume(name=f"{project}_data", labels=labels)
+    db = res.run(
+        image,
+        command=SERVICE,
+        volumes={data: "/data"},
+        labels={PROJECT_LABEL: project, "com.docker.compose.service": "db"},
+    )
+    cache = res.run(
+        image,
+        command=SERVICE,
+        mounts=[{"Type": "volume", "Target": "/cache"}],
+        labels={PROJECT_LABEL: project, "com.docker.compose.service": "cache"},
+    )
+    fill = "echo rows > /data/table && mkdir /data/wal && head -c 300000 /dev/urandom > /data/wal/0001"
+    assert docker.exec(db, ["sh", "-c", fill]).exit_code == 0
+    assert docker.exec(cache, ["sh", "-c", "echo warm > /cache/entry && echo x > /cache/table"]).exit_code == 0
+    [mount] = [m for m in docker.inspect_container(cache).mounts if m.destination == "/cache"]
+    return data, res.track_volume(mount.name), db
+
+
+def test_copy_and_project_move_through_the_remote_repository(
+    remote_repo: RemoteRepo,
+    docker_port: SdkDocker,
+    resources: Resources,
+    busybox_image: str,
+    second_engine: str,
+    second_docker_port: SdkDocker,
+    second_resources: Resources,
+) -> None:
+    r = remote_repo
+    r.cli("init")
+    vol, ctr = filled_volume(docker_port, resources, busybox_image, "rcp", team="a")
+    target = second_resources.track_volume(resources.name("rcp-copy"))
+    first = js(r.cli("copy", vol, "--to-engine", second_engine, "--as", target, "--json"))
+    [v] = first["volumes"]
+    assert v["method"] == "full" and v["verified"] is True and v["created"] is True, v
+    assert second_docker_port.inspect_volume(target).labels == docker_port.inspect_volume(vol).labels
+    assert listing(second_docker_port, target) == listing(docker_port, vol)
+
+    assert docker_port.exec(ctr, ["sh", "-c", CHANGE]).exit_code == 0
+    second = js(r.cli("copy", vol, "--to-engine", second_engine, "--as", target, "--stop", "--json"))
+    [v] = second["volumes"]
+    assert v["method"] == "delta" and v["verified"] is True and v["deleted"] == 1, v
+    assert v["bytes_written"] < 100 and second["added_bytes"] < 50_000  # big stayed where it was
+    assert set(second["downtime_seconds"]) == {ctr} and docker_port.inspect_container(ctr).state == "running"
+    assert listing(second_docker_port, target) == listing(docker_port, vol)
+
+    project = resources.name("rmv")
+    data, anon, db = _project(docker_port, resources, busybox_image, project)
+    new = resources.name("rmv-new")
+    for key in ("data", "anon-cache-1"):
+        second_resources.track_volume(f"{new}_{key}")
+    moved = js(r.cli("project", "move", project, "--to-engine", second_engine, "--as", new, "--json"))
+    assert sorted(v["volume"] for v in moved["volumes"]) == [f"{new}_anon-cache-1", f"{new}_data"]
+    assert all(v["method"] == "full" and v["verified"] is True for v in moved["volumes"]), moved
+    assert moved["renamed"] == {data: f"{new}_data", anon: f"{new}_anon-cache-1"}
+    assert second_docker_port.inspect_volume(f"{new}_data").labels[PROJECT_LABEL] == new
+    assert listing(second_docker_port, f"{new}_data") == listing(docker_port, data)
+    assert listing(second_docker_port, f"{new}_anon-cache-1") == listing(docker_port, anon)
+
+    assert docker_port.exec(db, ["sh", "-c", "echo more >> /data/table"]).exit_code == 0
+    final = js(r.cli("project", "move", project, "--to-engine", second_engine, "--as", new, "--stop", "--json"))
+    by_name = {v["volume"]: v for v in final["volumes"]}
+    assert by_name[f"{new}_data"]["method"] == "delta" and by_name[f"{new}_data"]["bytes_written"] == len(
+        "rows\nmore\n"
+    )
+    assert by_name[f"{new}_anon-cache-1"]["method"] == "unchanged"
+    assert listing(second_docker_port, f"{new}_data") == listing(docker_port, data)
+    check = js(r.cli("check", "--read-data", "--json"))
+    assert check["ok"] is True and check["snapshots"] == 6, check  # 2 copies, 2 moves of 2 volumes
+
+
+def test_postgres_dump_backup_restore_verify(
+    remote_repo: RemoteRepo, docker_port: SdkDocker, resources: Resources, postgres_image: str
+) -> None:
+    r = remote_repo
+    r.cli("init")
+    vol = resources.volume("rpg")
+    pg = resources.run(postgres_image, prefix="rpg", volumes={vol: PGDATA}, environment={"PGPORT": "5434"})
+    wait_ready(docker_port, pg, POSTGRES)
+    sql = (
+        "CREATE TABLE t(id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1,500) g"
+    )
+    res = docker_port.exec(pg, ["psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+    assert res.exit_code == 0, res.stderr.decode()
+
+    out = js(r.cli("backup", vol, "--json"))
+    [result] = out["results"]
+    assert result["error"] is None and result["consistency"] == "dump", result  # the default for PostgreSQL
+    [dump] = result["dumps"]
+    assert dump["kind"] == "postgres" and dump["size"] > 10_000
+    snap = result["snapshot"]["id"]
+    assert docker_port.inspect_container(pg).state == "running"
+
+    target = resources.track_volume(resources.name("rpg-restored"))
+    loaded = js(r.cli("restore", snap, "--to", target, "--from-dump", "--json"))
+    assert loaded["created"] is True and loaded["dump"]["ok"] is True, loaded
+    assert "500 rows match the dump" in loaded["dump"]["detail"], loaded["dump"]
+    verified = js(r.cli("verify", snap, "--json"))
+    assert verified["ok"] is True and [(d["kind"], d["ok"]) for d in verified["dumps"]] == [("postgres", True)]
