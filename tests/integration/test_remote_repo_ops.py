@@ -14,6 +14,9 @@ import json
 import os
 import random
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -396,3 +399,65 @@ def test_concurrent_backups_while_prune_loops(remote_repo: RemoteRepo, tmp_path:
     for label, snaps in committed.items():
         for n, (sid, state) in enumerate(snaps):
             restore_equals(r, sid, state, tmp_path / f"out-{label}{n}")
+
+
+def test_prune_beside_a_backup_of_another_host(remote_repo: RemoteRepo, tmp_path: Path) -> None:
+    """A backup runs on another host (its own UTS namespace and host name) and deduplicates against
+    a forgotten snapshot's data; it is frozen mid-upload while a prune on this host runs. The prune
+    must not delete the pack the backup's snapshot will need: it defers the deletion (its marker
+    names the other host's lock), and once that backup committed, the next prune finds the pack
+    used again and indexes it instead of deleting it."""
+    r = remote_repo
+    r.cli("init")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    reused = random.Random(8).randbytes(900_000)
+    (junk / "a").write_bytes(reused)
+    snapshot_id(r, "--path", str(junk))
+    (junk / "a").unlink()
+    (junk / "c").write_text("small")
+    snapshot_id(r, "--path", str(junk))
+    r.cli("forget", "--keep-last", "1", "--source", str(junk))
+    packs_before = set(data_objects(r))
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "again").write_bytes(reused)  # read first (the walk is sorted): deduplicated against a garbage pack
+    (src / "big.bin").write_bytes(os.urandom(40_000_000))
+    state = describe(src)
+    host = "ch-other-" + secrets.token_hex(3)
+    backup = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"', sys.executable, "-m",
+         "cargohold.cli.app", "backup", "--path", str(src), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=r.env(),
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not set(data_objects(r)) - packs_before:  # a first pack of the backup is up: freeze it there
+            assert backup.poll() is None, ("the backup ended before a pack appeared", backup.communicate())
+            assert time.monotonic() < deadline, "no pack of the backup appeared"
+            time.sleep(0.05)
+        os.killpg(backup.pid, signal.SIGSTOP)
+        [holder] = list(r.objects("locks/"))
+        store = r.backend()
+        try:
+            assert json.loads(store.load(holder))["host"] == host
+        finally:
+            store.close()
+        during = js(r.cli("prune", "--json"))
+        assert during["packs_deleted"] == 0 and during["markers_pending"] == 1, during
+        assert packs_before <= set(data_objects(r))
+    finally:
+        os.killpg(backup.pid, signal.SIGCONT)
+    out, err = backup.communicate(timeout=300)
+    assert backup.returncode == 0, (out, err)
+    snap = json.loads(out)["snapshot"]["id"]
+
+    after = js(r.cli("prune", "--json"))
+    print(f"{r.kind}: prune during the backup {during}, after it {after}")
+    assert after["markers_pending"] == 0 and after["packs_reindexed"] >= 1, after
+    assert js(r.cli("check", "--read-data", "--json"))["ok"] is True
+    restore_equals(r, snap, state, tmp_path / "out")
+    again = js(r.cli("prune", "--json"))
+    assert again["packs_deleted"] == 0 and again["packs_unused"] == 0, again
