@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 SERVICE = ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
 FILL = (
-    "mkdir -p /data/sub/deep /data/empty && echo hello > /data/sub/f && head -c 2500000 /dev/urandom > /data/big"
+    "mkdir -p /data/sub/deep /data/empty && echo hello > /data/sub/f && head -c 12000000 /dev/urandom > /data/big"
     " && ln /data/sub/f /data/hard && ln -s sub/f /data/link && echo bye > /data/sub/deep/gone"
     " && mkfifo /data/fifo && chown -R 33:44 /data/sub && chmod 640 /data/sub/f && chmod 710 /data"
     " && touch -d '2020-02-03 04:05:06' /data/sub/f"
@@ -72,7 +72,8 @@ def test_backup_restore_verify_a_volume(
     out = js(r.cli("backup", vol, "--via", via, "--json"))
     [res] = out["results"]
     assert res["error"] is None and res["via"] == via and res["consistency"] == "pause", res
-    assert out["requests"]["store"] >= 3 and out["requests"]["bytes_up"] > 2_500_000  # packs went to the server
+    # 12 MB: above the sizes from which backups and restores hand the data to worker processes
+    assert out["requests"]["store"] >= 3 and out["requests"]["bytes_up"] > 12_000_000
     snap = res["snapshot"]["id"]
     assert docker_port.inspect_container(ctr).state == "running"
     assert len(r.objects("snapshots/")) == 1 and r.objects("data/")
