@@ -461,3 +461,54 @@ def test_prune_beside_a_backup_of_another_host(remote_repo: RemoteRepo, tmp_path
     restore_equals(r, snap, state, tmp_path / "out")
     again = js(r.cli("prune", "--json"))
     assert again["packs_deleted"] == 0 and again["packs_unused"] == 0, again
+
+
+def _wait_for_lock(remote: RemoteRepo, proc: subprocess.Popen[str]) -> str:
+    deadline = time.monotonic() + 60
+    while not (locks := list(remote.objects("locks/"))):
+        assert proc.poll() is None, ("the backup ended before its lock appeared", proc.communicate())
+        assert time.monotonic() < deadline, "no lock appeared"
+        time.sleep(0.05)
+    [name] = locks
+    return name
+
+
+def test_killed_backups_of_this_host_and_of_another(remote_repo: RemoteRepo, tmp_path: Path) -> None:
+    """kill -9 leaves a backup's lock in the bucket or folder. Of a process of this host it is stale
+    at once (the pid is gone): the next command removes it and says so. Of another host nobody can
+    tell the process is gone: the lock stays fresh for 30 minutes — commands that need the exclusive
+    lock refuse, naming that host, `unlock` keeps it, `unlock --remove-all` removes it."""
+    r = remote_repo
+    r.cli("init")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(30_000_000))
+
+    mine = r.popen("backup", "--path", str(src))
+    lock = _wait_for_lock(r, mine)
+    mine.kill()
+    mine.communicate()
+    assert list(r.objects("locks/")) == [lock]
+    after = r.cli("backup", "--path", str(src))
+    assert "removed stale shared lock of" in after.stderr and "is gone" in after.stderr, after.stderr
+    assert r.objects("locks/") == {}
+
+    (src / "big.bin").write_bytes(os.urandom(30_000_000))  # something to do for a while
+    host = "ch-dead-" + secrets.token_hex(3)
+    theirs = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"', sys.executable, "-m",
+         "cargohold.cli.app", "backup", "--path", str(src)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=r.env(),
+    )  # fmt: skip
+    lock = _wait_for_lock(r, theirs)
+    theirs.kill()
+    theirs.communicate()
+    refused = one_line_error(r.cli("key", "add", code=None, env=r.env(CARGOHOLD_NEW_PASSWORD="x")), exit_codes.LOCKED)
+    assert "shared lock of " in refused and f"@{host} pid " in refused and "(backup " in refused, refused
+    assert r.cli("unlock").stdout.strip() == "removed 0 lock(s)"
+    assert list(r.objects("locks/")) == [lock]
+    r.cli("backup", "--path", str(src))  # shared locks go along with it
+    assert r.cli("unlock", "--remove-all").stdout.strip() == "removed 1 lock(s)"
+    r.cli("key", "add", env=r.env(CARGOHOLD_NEW_PASSWORD="x"))
+    assert len(js(r.cli("key", "list", "--json"))["keys"]) == 2
+    assert js(r.cli("check", "--json"))["ok"] is True
