@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -83,6 +86,13 @@ def test_backup_restore_verify_a_volume(
     assert restored["created"] is True and restored["via"] == via and restored["damaged"] == {}
     exact = via == "direct"
     assert listing(docker_port, target, seconds=not exact) == listing(docker_port, vol, seconds=not exact)
+
+    # again over the restored volume: --force, after a safety snapshot of it in the remote repository
+    forced = js(r.cli("restore", snap, "--to", target, "--via", via, "--force", "--json"))
+    assert forced["safety_snapshot"] and forced["created"] is False
+    assert listing(docker_port, target, seconds=not exact) == listing(docker_port, vol, seconds=not exact)
+    safety = [s for s in js(r.cli("snapshots", "--json")) if s["id"] == forced["safety_snapshot"]]
+    assert [(s["tags"], s["source"]["name"]) for s in safety] == [(["safety"], target)]
 
     verified = js(r.cli("verify", snap, "--via", via, "--json"))
     assert verified["ok"] is True and verified["problems"] == [] and verified["files"] == 4, verified
@@ -197,3 +207,42 @@ def test_postgres_dump_backup_restore_verify(
     assert "500 rows match the dump" in loaded["dump"]["detail"], loaded["dump"]
     verified = js(r.cli("verify", snap, "--json"))
     assert verified["ok"] is True and [(d["kind"], d["ok"]) for d in verified["dumps"]] == [("postgres", True)]
+
+
+def test_a_locked_remote_repository_stops_nothing(
+    remote_repo: RemoteRepo, docker_port: SdkDocker, resources: Resources, busybox_image: str
+) -> None:
+    """Another host holds the exclusive lock: a backup of a volume whose container is to be stopped
+    refuses before it stops anything; with CARGOHOLD_LOCK_WAIT it waits with the container running,
+    and stops it only once it has the lock."""
+    r = remote_repo
+    r.cli("init")
+    vol = resources.volume("rlk")
+    ctr = resources.run(
+        busybox_image, command=SERVICE, volumes={vol: "/data"}, labels={"cargohold.consistency": "stop"}
+    )
+    assert docker_port.exec(ctr, ["sh", "-c", "echo x > /data/x"]).exit_code == 0
+    started = docker_port.inspect_container(ctr).started_at
+    store = r.backend()
+    doc = {"version": 1, "kind": "exclusive", "operation": "key add", "host": "ch-other-host.example", "pid": 99,
+           "user": "ops", "token": "0123456789abcdef", "created": _now(), "refreshed": _now()}  # fmt: skip
+    store.create("locks/exclusive", json.dumps(doc).encode())
+    try:
+        refused = r.cli("backup", vol, code=8)
+        assert refused.stderr.count("\n") == 1 and "ch-other-host.example" in refused.stderr, refused.stderr
+        assert docker_port.inspect_container(ctr).started_at == started  # never stopped
+        release = threading.Timer(4.0, lambda: store.delete("locks/exclusive"))
+        release.start()
+        t0 = time.monotonic()
+        out = js(r.cli("backup", vol, "--json", env=r.env(CARGOHOLD_LOCK_WAIT="60")))
+        release.join()
+    finally:
+        store.close()
+    [res] = out["results"]
+    assert time.monotonic() - t0 >= 4.0 and res["error"] is None and res["consistency"] == "stop", res
+    assert res["downtime_seconds"][ctr] < 4.0  # stopped after the wait, not during it
+    assert docker_port.inspect_container(ctr).state == "running"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
