@@ -29,9 +29,10 @@ restic with repository format 2 and ``--compression auto``.
 
 Prints, per server kind, a table of cargohold/restic ratios against the targets of issue 10
 (the best of ``--runs`` for full, no-op and restore; incremental once) and writes
-bench/results/remote-<scale>.json.
+bench/results/remote-<scale>.json. ``--profile`` then runs one more cargohold full backup per
+server kind under py-spy (every process and thread) and prints where the time goes.
 
-    python bench/bench_remote.py [--scale 1.0] [--runs 2] [--only s3|sftp] [--workdir DIR] [--keep]
+    python bench/bench_remote.py [--scale 1.0] [--runs 2] [--only s3|sftp] [--workdir DIR] [--keep] [--profile]
     python bench/bench_remote.py --tables
 """
 
@@ -418,6 +419,108 @@ def _size(server: Server, work: Path, slot: str, prefix: str) -> int:
     return br.du_sb(work / "sftp" / slot)
 
 
+# --- counting restic's SFTP requests ------------------------------------------------------
+
+#: SFTP packet types a client sends (draft-ietf-secsh-filexfer-02, OpenSSH's version 3).
+_SFTP_TYPES = {
+    1: "init", 3: "open", 4: "close", 5: "read", 6: "write", 7: "lstat", 8: "fstat", 9: "setstat",
+    10: "fsetstat", 11: "opendir", 12: "readdir", 13: "remove", 14: "mkdir", 15: "rmdir", 16: "realpath",
+    17: "stat", 18: "rename", 19: "readlink", 20: "symlink", 200: "extended",
+}  # fmt: skip
+RELAY_FLAG = "--sftp-relay"
+
+
+def sftp_relay(count_file: str, argv: list[str]) -> int:
+    """Run ``argv`` (``ssh ... -s sftp``) with our stdout as its stdout, pass our stdin on to
+    it packet by packet and keep ``count_file`` (JSON) up to date with how many requests of
+    each type went through. restic's ``sftp.command`` runs this for one extra,
+    untimed no-op backup: restic does not count its requests, and sshd's internal-sftp does
+    not log them at the test bed's log level."""
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    assert p.stdin is not None
+    counts: dict[str, int] = {}
+    buf = b""
+    while chunk := os.read(0, 1 << 20):
+        buf += chunk
+        end = 0
+        while len(buf) - end >= 5:
+            length = int.from_bytes(buf[end : end + 4], "big")
+            if len(buf) - end < 4 + length:
+                break
+            name = _SFTP_TYPES.get(buf[end + 4], str(buf[end + 4]))
+            counts[name] = counts.get(name, 0) + 1
+            end += 4 + length
+        if end:
+            p.stdin.write(buf[:end])
+            p.stdin.flush()
+            buf = buf[end:]
+            # written as it goes: restic kills its sftp.command when it is done
+            Path(count_file).write_text(json.dumps(counts))
+    p.stdin.write(buf)
+    p.stdin.close()
+    return p.wait()
+
+
+def count_restic_sftp(t: Restic, src: Path) -> dict[str, int]:
+    """One more no-op backup of restic over SFTP, through :func:`sftp_relay` (untimed)."""
+    assert isinstance(t.server, Sshd)
+    counts = t.work / "sftp-counts.json"
+    relay = f"{sys.executable} {Path(__file__).resolve()} {RELAY_FLAG} {counts}"
+    args = [
+        a.replace("sftp.command=ssh ", f"sftp.command={relay} ssh ") if a.startswith("sftp.command=") else a
+        for a in t._args()
+    ]
+    subprocess.run([*args, "backup", "--quiet", str(src)], env=t._env(), check=True, stdin=subprocess.DEVNULL)
+    doc: dict[str, int] = json.loads(counts.read_text())
+    return doc
+
+
+# --- profile -------------------------------------------------------------------------------
+
+
+def profile_full(t: Cargohold, src: Path, py_spy: str, rate: int = 100) -> dict[str, Any]:
+    """One more full backup of cargohold into a fresh repository on ``t``'s server, sampled
+    by py-spy in every process (the workers too) and thread; prints and returns where the
+    samples are. Idle threads (waiting on a lock, a queue, a socket's answer) are left out,
+    so the seconds are roughly CPU seconds plus waits for the GIL."""
+    t.fresh()
+    t.init()
+    raw = t.work / f"profile-{t.server.kind}.txt"
+    argv = [
+        py_spy, "record", "--subprocesses", "--threads", "--rate", str(rate), "--format", "raw",
+        "--output", str(raw), "--",
+        *t.cmd, "backup", "--repo", t.url, "--path", str(src), "--no-progress",
+    ]  # fmt: skip
+    m = measure(argv, env=t._env(), server=t.server)
+    own: dict[str, int] = {}
+    by_process: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        procs = [f for f in frames if f.startswith("process ")]
+        proc = procs[-1] if procs else ""  # the innermost: a worker's frames sit under the main process's
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames or any(w in frames[-1] for w in br._WAITS):
+            continue
+        n = int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        kind = "worker" if "cargohold.repo." in proc else "main"
+        by_process[kind] = by_process.get(kind, 0) + n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:20]
+    out = {
+        "wall_s_under_py_spy": round(m.run.wall_s, 2),
+        "sampled_s_by_process": {k: round(v / rate, 2) for k, v in by_process.items()},
+        "self_s": [[k, round(v / rate, 2)] for k, v in top],
+    }
+    print(
+        f"\nprofile of a cargohold full backup on {t.server.kind} (py-spy {rate} Hz, every process and thread, "
+        f"waits left out): wall {m.run.wall_s:.2f} s, sampled seconds {out['sampled_s_by_process']}"
+    )
+    for k, v in top[:15]:
+        print(f"  {v / rate:6.2f}  {k}")
+    return out
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -445,13 +548,19 @@ def others_share(tools: list[Tool]) -> float:
     return round(sum(r.others_cpu_s for r in runs) / ((os.cpu_count() or 1) * wall), 3) if wall else 0.0
 
 
-def bench(scale: float, workdir: Path, runs: int, kinds: list[str]) -> dict[str, Any]:
+def bench(scale: float, workdir: Path, runs: int, kinds: list[str], py_spy: str | None) -> dict[str, Any]:
     work = (workdir / f"remote-{scale}").resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "sftp").mkdir(parents=True)
     (work / "home").mkdir()
     src = work / "src"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARGOHOLD_", "RESTIC_", "AWS_", "SSH_"))}
+    # PYTHONDONTWRITEBYTECODE (set in some shells and CI) would make every cargohold process,
+    # workers too, compile again each module whose cached bytecode is stale (0.3 CPU-seconds
+    # and more per process while the source is being edited); an installed cargohold has its
+    # bytecode compiled. So: compiled once here, untimed, and written whenever stale.
+    drop = ("CARGOHOLD_", "RESTIC_", "AWS_", "SSH_", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "cargohold")], check=False)
     env.update({"HOME": str(work / "home"), "XDG_DATA_HOME": str(work / "xdg-data")})
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     versions_start = versions()
@@ -473,7 +582,7 @@ def bench(scale: float, workdir: Path, runs: int, kinds: list[str]) -> dict[str,
                 senv["AWS_CONFIG_FILE"] = str(work / "no-aws-config")
                 senv["AWS_SHARED_CREDENTIALS_FILE"] = str(work / "no-aws-credentials")
             tools += [Cargohold(server, work, senv), Restic(server, work, senv)]
-        return _bench_tools(scale, work, src, runs, tools, uptime_start, versions_start)
+        return _bench_tools(scale, work, src, runs, tools, uptime_start, versions_start, py_spy)
     finally:
         for server in servers:
             server.stop()
@@ -499,6 +608,7 @@ def _bench_tools(
     tools: list[Tool],
     uptime_start: str,
     versions_start: dict[str, str],
+    py_spy: str | None,
 ) -> dict[str, Any]:
     print(f"== scale {scale}: generating the corpus in {src} ...", flush=True)
     gen0_s = br.make_corpus(src, scale, 0)
@@ -522,6 +632,12 @@ def _bench_tools(
     for _ in range(runs):
         for t in tools:
             show(t, "noop", t.record("noop", t.backup(src)))
+    sftp_packets: dict[str, dict[str, int]] = {}
+    for t in tools:
+        if isinstance(t, Restic) and isinstance(t.server, Sshd):
+            sftp_packets["restic"] = count_restic_sftp(t, src)
+            n = sum(v for k, v in sftp_packets["restic"].items() if k != "init")
+            print(f"   restic's SFTP requests in a no-op backup (untimed, counted by a relay): {n}", flush=True)
 
     print("   checksumming the source ...", flush=True)
     want = br.manifest(src)
@@ -565,6 +681,7 @@ def _bench_tools(
         },
         "verified_entries": verified,
         "others_share": others_share(tools),
+        "restic_sftp_noop_packets": sftp_packets,
         "kinds": {},
     }
     if br.engine_hash() != versions_start["engine_sha256"]:
@@ -574,6 +691,8 @@ def _bench_tools(
         ch, rs = (next(t for t in tools if t.server.kind == kind and t.name == n) for n in TOOLS)
         sums = {"cargohold": summarize(ch), "restic": summarize(rs)}
         result["kinds"][kind] = {"tools": sums, "ratios": ratios(sums["cargohold"], sums["restic"])}
+    if py_spy is not None:
+        result["profile"] = {t.server.kind: profile_full(t, src, py_spy) for t in tools if isinstance(t, Cargohold)}
     return result
 
 
@@ -662,8 +781,12 @@ def table(result: dict[str, Any]) -> str:
         ]
         for metric, r in k["ratios"].items():
             if metric == "noop_requests":
+                peer = f"{_n(r['restic'])} (logged by RGW)"
+                if kind == "sftp":
+                    packets = result.get("restic_sftp_noop_packets", {}).get("restic")
+                    peer = f"{sum(v for k, v in packets.items() if k != 'init')} SFTP packets" if packets else "—"
                 lines.append(
-                    f"| requests, no-op backup | {_n(r['cargohold'])} | {_n(r['restic'])} (at the server) | "
+                    f"| requests, no-op backup (cargohold: its own count) | {_n(r['cargohold'])} | {peer} | "
                     f"| <= {r['target']} | {'met' if r['met'] else 'MISSED'} |"
                 )
                 continue
@@ -701,12 +824,16 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == RELAY_FLAG:  # restic's sftp.command (count_restic_sftp)
+        return sftp_relay(sys.argv[2], sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="corpus scale (1.0 is about 1.1 GB)")
     ap.add_argument("--runs", type=int, default=2, help="repeat init+full, no-op and restore; report the best")
     ap.add_argument("--only", choices=KINDS, action="append", help="one server kind only (repeatable)")
     ap.add_argument("--workdir", type=Path, help="where corpus, SFTP repositories and restores go (default: temp)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", action="store_true", help="then one more cargohold full backup per kind under py-spy")
+    ap.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (default: from PATH)")
     ap.add_argument("--tables", action="store_true", help="only print the tables of the results already written")
     a = ap.parse_args()
     if a.tables:
@@ -715,12 +842,14 @@ def main() -> int:
         return 0
     if not br.MAKE_CORPUS.exists():
         raise SystemExit(f"{br.MAKE_CORPUS} not found: the shared corpus generator sits in ../shared/bench")
+    if a.profile and not a.py_spy:
+        raise SystemExit("--profile needs py-spy (pip install py-spy, or --py-spy PATH)")
     ensure_restic()
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="cargohold-bench-remote-"))
     workdir.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:
-        res = bench(a.scale, workdir, a.runs, a.only or list(KINDS))
+        res = bench(a.scale, workdir, a.runs, a.only or list(KINDS), a.py_spy if a.profile else None)
         out = RESULTS / f"remote-{a.scale}.json"
         out.write_text(json.dumps(res, indent=2) + "\n")
         print("\n" + table(res) + f"\n\nwritten to {out.relative_to(ROOT)}\n", flush=True)
