@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -154,6 +155,13 @@ def test_copy_and_project_move_through_the_remote_repository(
     assert set(second["downtime_seconds"]) == {ctr} and docker_port.inspect_container(ctr).state == "running"
     assert listing(second_docker_port, target) == listing(docker_port, vol)
 
+    # the same target through the Engine archive API (as for a remote engine): the delta as a tar
+    assert docker_port.exec(ctr, ["sh", "-c", "echo api > /data/sub/f3 && rm /data/sub/f2"]).exit_code == 0
+    third = js(r.cli("copy", vol, "--to-engine", second_engine, "--as", target, "--via", "api", "--json"))
+    [v] = third["volumes"]
+    assert (v["method"], v["via"], v["verified"], v["deleted"]) == ("delta", "api", True, 1), v
+    assert listing(second_docker_port, target, seconds=True) == listing(docker_port, vol, seconds=True)
+
     project = resources.name("rmv")
     data, anon, db = _project(docker_port, resources, busybox_image, project)
     new = resources.name("rmv-new")
@@ -175,8 +183,30 @@ def test_copy_and_project_move_through_the_remote_repository(
     )
     assert by_name[f"{new}_anon-cache-1"]["method"] == "unchanged"
     assert listing(second_docker_port, f"{new}_data") == listing(docker_port, data)
+
+    # the first move's run, restored from the remote repository onto the second engine under a third name
+    third_name = resources.name("rmv-third")
+    for key in ("data", "anon-cache-1"):
+        second_resources.track_volume(f"{third_name}_{key}")
+    restored = js(
+        r.cli(
+            "project",
+            "restore",
+            project,
+            "--as",
+            third_name,
+            "--engine",
+            second_engine,
+            "--run",
+            moved["run_id"],
+            "--json",
+        )
+    )
+    assert restored["run_id"] == moved["run_id"] and len(restored["volumes"]) == 2, restored
+    assert Path(second_docker_port.inspect_volume(f"{third_name}_data").mountpoint, "table").read_text() == "rows\n"
+    assert listing(second_docker_port, f"{third_name}_anon-cache-1") == listing(docker_port, anon)
     check = js(r.cli("check", "--read-data", "--json"))
-    assert check["ok"] is True and check["snapshots"] == 6, check  # 2 copies, 2 moves of 2 volumes
+    assert check["ok"] is True and check["snapshots"] == 7, check  # 3 copies, 2 moves of 2 volumes
 
 
 def test_postgres_dump_backup_restore_verify(
