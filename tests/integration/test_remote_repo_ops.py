@@ -512,3 +512,70 @@ def test_killed_backups_of_this_host_and_of_another(remote_repo: RemoteRepo, tmp
     r.cli("key", "add", env=r.env(CARGOHOLD_NEW_PASSWORD="x"))
     assert len(js(r.cli("key", "list", "--json"))["keys"]) == 2
     assert js(r.cli("check", "--json"))["ok"] is True
+
+
+def _as_host(remote: RemoteRepo, host: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A cargohold command run as if on another machine: its own UTS namespace and host name."""
+    return subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"', sys.executable, "-m",
+         "cargohold.cli.app", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+
+
+def test_hosts_contending_for_the_locks(remote_repo: RemoteRepo, tmp_path: Path) -> None:
+    """Three hosts want the exclusive lock at once (key add) while two others back up and a sixth
+    prunes; everyone waits its turn (CARGOHOLD_LOCK_WAIT) and succeeds. On S3 twice: with the
+    conditional PUT and with the claims of servers that ignore it (``create=fallback``)."""
+    r = remote_repo
+    r.cli("init")
+    urls = [r.url] + ([r.url + "&create=fallback"] if r.kind == "s3" else [])
+    sources = []
+    for i in range(2):
+        src = tmp_path / f"src{i}"
+        make_tree(src, 20 + i, big=2_000_000)
+        sources.append(src)
+    for round_, url in enumerate(urls):
+        procs: list[tuple[str, subprocess.Popen[str]]] = []
+        for i in range(3):
+            env = r.env(CARGOHOLD_REPO=url, CARGOHOLD_LOCK_WAIT="120", CARGOHOLD_NEW_PASSWORD=f"pw-{round_}-{i}")
+            procs.append(
+                (f"key add {i}", _as_host(r, f"ch-h{round_}{i}", "key", "add", "--label", f"h{round_}{i}", env=env))
+            )
+        for i, src in enumerate(sources):
+            (src / "round").write_text(str(round_))
+            env = r.env(CARGOHOLD_REPO=url, CARGOHOLD_LOCK_WAIT="120")
+            procs.append((f"backup {i}", _as_host(r, f"ch-b{round_}{i}", "backup", "--path", str(src), env=env)))
+        env = r.env(CARGOHOLD_REPO=url, CARGOHOLD_LOCK_WAIT="120")
+        procs.append(("prune", _as_host(r, f"ch-p{round_}", "prune", env=env)))
+        for what, proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, (url, what, out, err)
+        assert r.objects("locks/") == {}
+    keys = js(r.cli("key", "list", "--json"))["keys"]
+    assert sorted(k["host"] for k in keys if k["label"].startswith("h")) == sorted(
+        f"ch-h{n}{i}" for n in range(len(urls)) for i in range(3)
+    )
+    for n in range(len(urls)):
+        for i in range(3):
+            r.cli("snapshots", env=r.env(CARGOHOLD_PASSWORD=f"pw-{n}-{i}"))
+    assert len(js(r.cli("snapshots", "--json"))) == 2 * len(urls)
+    assert js(r.cli("check", "--read-data", "--json"))["ok"] is True
+    if r.kind == "s3":  # no claim left behind
+        keys_in_bucket = [o["Key"] for o in _bucket_listing(r)]
+        assert not [k for k in keys_in_bucket if "~claims" in k or "~probe" in k], keys_in_bucket
+
+
+def _bucket_listing(remote: RemoteRepo) -> list[dict[str, Any]]:
+    import boto3
+
+    env = remote.env()
+    bucket = remote.url.split("/")[2]
+    client = boto3.client(
+        "s3",
+        endpoint_url=remote.url.split("endpoint=")[1],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    )
+    return list(client.list_objects_v2(Bucket=bucket).get("Contents", []))
