@@ -423,7 +423,9 @@ def test_prune_beside_a_backup_of_another_host(remote_repo: RemoteRepo, tmp_path
     src = tmp_path / "src"
     src.mkdir()
     (src / "again").write_bytes(reused)  # read first (the walk is sorted): deduplicated against a garbage pack
-    (src / "big.bin").write_bytes(os.urandom(40_000_000))
+    # large enough that the backup is still running when its first pack shows up (a busy CI
+    # machine once saw the first pack only as a 40 MB backup was ending, its lock gone)
+    (src / "big.bin").write_bytes(os.urandom(120_000_000))
     state = describe(src)
     host = "ch-other-" + secrets.token_hex(3)
     backup = subprocess.Popen(
@@ -434,7 +436,7 @@ def test_prune_beside_a_backup_of_another_host(remote_repo: RemoteRepo, tmp_path
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not set(data_objects(r)) - packs_before:  # a first pack of the backup is up: freeze it there
+        while not (set(data_objects(r)) - packs_before and r.objects("locks/")):  # a first pack is up: freeze
             assert backup.poll() is None, ("the backup ended before a pack appeared", backup.communicate())
             assert time.monotonic() < deadline, "no pack of the backup appeared"
             time.sleep(0.05)
