@@ -161,6 +161,13 @@ class RemoteRepo:
             backend.close()
 
 
+@pytest.fixture
+def remote_repo_type() -> type[RemoteRepo]:
+    """The class of ``remote_repo``, for a test that points one at a server of its own (through a
+    fault proxy, say): test modules cannot import this conftest by name."""
+    return RemoteRepo
+
+
 @pytest.fixture(params=["s3", "sftp"])
 def remote_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RemoteRepo]:
     """A fresh remote repository location, once on RGW (S3) and once on sshd (SFTP); its bucket or

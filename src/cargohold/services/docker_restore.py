@@ -11,8 +11,9 @@
   (a tar cannot carry unix sockets: each one left out is named in a warning).
 * ``from_dump``: instead of the files, the snapshot's application dump is loaded into the
   volume by a fresh container of the recorded image (:mod:`cargohold.services.dump_restore`);
-  SQLite copies replace the database files of the restored files. A failed load removes a
-  volume the restore created.
+  SQLite copies replace the database files of the restored files.
+* A restore that fails (a dump that does not load, a repository that became unreachable, an
+  interrupt) removes the volume it created, so it can simply be run again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from cargohold.errors import (
     VolumeNotFound,
 )
 from cargohold.model.consistency import Decision, DumpKind, Mode
-from cargohold.model.engine import VolumeInfo
+from cargohold.model.engine import EngineInfo, VolumeInfo
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
@@ -182,12 +183,36 @@ def restore_volume(
         # every check (dumps, container, image on this engine) before anything is created
         dump_plan = plan_dump(docker, snapshot, req.from_dump or None)
     engine = docker.engine_info()
-    created = False
     try:
         volume = docker.inspect_volume(req.to)
     except VolumeNotFound:
         volume = _create_volume(docker, req.to, meta)
-        created = True
+    else:
+        return _restore_into(repo, docker, endpoint, snapshot, req, volume, False, engine, dump_plan)
+    try:
+        return _restore_into(repo, docker, endpoint, snapshot, req, volume, True, engine, dump_plan)
+    except BaseException as err:
+        # Nothing half-done: a volume this restore created goes again when the restore fails (a
+        # repository that became unreachable, an interrupt, a dump that does not load), so the
+        # same command can simply be run again — no --force, no safety snapshot of half a restore.
+        with suppress(DockerNotFound, DockerConflict):
+            docker.remove_volume(req.to)
+        if isinstance(err, CargoholdError):
+            err.message += f" (volume {req.to!r}, created for this restore, was removed)"
+        raise
+
+
+def _restore_into(
+    repo: Repository,
+    docker: DockerPort,
+    endpoint: Endpoint,
+    snapshot: Snapshot,
+    req: VolumeRestoreRequest,
+    volume: VolumeInfo,
+    created: bool,
+    engine: EngineInfo,
+    dump_plan: DumpPlan | None,
+) -> VolumeRestoreReport:
     users = volume_users(docker, volume.name)
     running = [u for u in users if u.container.state in ACTIVE_STATES]
     if running and not req.restart_containers:
@@ -267,7 +292,7 @@ def restore_volume(
 def _load(
     repo: Repository, docker: DockerPort, dump_plan: DumpPlan, volume: VolumeInfo, report: VolumeRestoreReport
 ) -> LoadOutcome:
-    """Load the dump; if that fails, remove the volume when this restore created it (nothing half-done)."""
+    """Load the dump (a volume this restore created is removed by the caller when that fails)."""
     try:
         if dump_plan.kind is DumpKind.SQLITE:
             outcome = replace_sqlite(repo, docker, dump_plan, volume.name)
@@ -275,11 +300,7 @@ def _load(
             outcome = load_server_dump(repo, docker, dump_plan, volume.name)
             report.bytes = sum(d.size for d in dump_plan.dumps)
     except CargoholdError as err:
-        if report.created:
-            with suppress(DockerNotFound, DockerConflict):
-                docker.remove_volume(volume.name)
-            err.message += f" (volume {volume.name!r}, created for this restore, was removed)"
-        elif report.safety_snapshot:
+        if report.safety_snapshot:
             err.message += f" (what volume {volume.name!r} held is in snapshot {report.safety_snapshot[:8]})"
         raise
     report.warnings += outcome.warnings
