@@ -307,21 +307,25 @@ def test_writes_are_durable_and_atomic_on_the_server(sshd_server: Sshd, tmp_path
     """What the server does, seen by strace: store = an O_EXCL temporary file, fsync, rename
     over the name, fsync of the folder; create = the same file published by link(2), which
     fails on a taken name; a new folder's parent is fsync'd."""
-    b = backend(folder, config_file(tmp_path, sshd_server.ssh_config("it-sftp")))
-    list(b.list("x/"))  # connected: its sftp-server process exists
+    config = config_file(tmp_path, sshd_server.ssh_config("it-sftp"))
     out = tmp_path / "strace.out"
-    pids = ",".join(map(str, [sshd_server.pid, *sshd_server.session_pids()]))
+    # Only the listener is attached (-f follows the sessions it forks from then on): a list of
+    # other tests' sessions may name one that ends meanwhile, and strace then traces nothing.
     calls = "openat,fsync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,mkdir,mkdirat"
     tracer = subprocess.Popen(
-        [_strace_installed(), "-f", "-p", pids, "-e", f"trace={calls}", "-o", str(out)], stderr=subprocess.DEVNULL
+        [_strace_installed(), "-f", "-p", str(sshd_server.pid), "-e", f"trace={calls}", "-o", str(out)],
+        stderr=subprocess.DEVNULL,
     )
+    b = backend(folder, config)
     try:
-        deadline = time.monotonic() + 20  # attached once a probe's calls show up (slow under load)
+        deadline = time.monotonic() + 30  # attached once a probe's calls show up (slow under load)
         while time.monotonic() < deadline:
             time.sleep(0.2)
             b.store("probe", b"p")
             if out.exists() and f"{folder}/probe" in out.read_text(errors="replace"):
                 break
+            b.close()  # its session may have started before strace attached: a new one
+            b = backend(folder, config)
         b.store("data/ab/obj", b"x" * 300_000)
         b.create("locks/mine", b"lock")
         time.sleep(0.3)
