@@ -319,13 +319,16 @@ def test_writes_are_durable_and_atomic_on_the_server(sshd_server: Sshd, tmp_path
     b = backend(folder, config)
     try:
         deadline = time.monotonic() + 30  # attached once a probe's calls show up (slow under load)
-        while time.monotonic() < deadline:
+        traced = False
+        while not traced and time.monotonic() < deadline:
             time.sleep(0.2)
             b.store("probe", b"p")
-            if out.exists() and f"{folder}/probe" in out.read_text(errors="replace"):
-                break
-            b.close()  # its session may have started before strace attached: a new one
-            b = backend(folder, config)
+            traced = out.exists() and f"{folder}/probe" in out.read_text(errors="replace")
+            if not traced:
+                b.close()  # its session may have started before strace attached: a new one
+                b = backend(folder, config)
+        if not traced:  # seen in full runs on a loaded machine, never alone: a tracing problem
+            pytest.skip(f"strace saw none of the server's calls in 30 s (strace exit {tracer.poll()})")
         b.store("data/ab/obj", b"x" * 300_000)
         b.create("locks/mine", b"lock")
         time.sleep(0.3)
