@@ -19,7 +19,16 @@ import pytest
 
 from cargohold.backends import Backend, Leftover, LocalBackend, MemoryBackend, Writer, leftovers_of
 from cargohold.backends.faults import FaultBackend, FaultPlan
-from cargohold.backends.leftovers import host_digest, judge, parse_writer_tag, this_writer, writer_tag
+from cargohold.backends.leftovers import (
+    host_digest,
+    judge,
+    parse_writer_tag,
+    temp_leftover,
+    temp_name,
+    temp_path_parts,
+    this_writer,
+    writer_tag,
+)
 from cargohold.backends.retry import RetryBackend
 from cargohold.errors import UsageError
 from cargohold.repo.keys import KdfParams
@@ -263,6 +272,21 @@ def test_temp_names_carry_the_writer(tmp_path: Path) -> None:
     assert parse_writer_tag(lo.name.rsplit("~tmp~", 1)[1]) == this_writer()
     staged.abort()
     assert leftovers_of(backend) == []
+
+
+def test_the_temp_file_helpers_the_file_backends_share() -> None:
+    name = temp_name("obj")
+    assert name.startswith(f".obj~tmp~{os.getpid()}-") and name != temp_name("obj")
+    lo = temp_leftover(f"data/ab/{name}", 7, 1.5)
+    assert (lo.name, lo.size, lo.modified, lo.writer, lo.kind) == (f"data/ab/{name}", 7, 1.5, this_writer(),
+                                                                   "temporary file")  # fmt: skip
+    old = temp_leftover("data/.staged~tmp~4242-0123456789ab", 1, 0.0)
+    assert old.writer is None and old.kind == "temporary file of pid 4242 (host not recorded)"
+    assert temp_leftover("data/.x~tmp~foreign", 1, 0.0).kind == "temporary file"
+    assert temp_path_parts(lo, "file:///r") == ["data", "ab", name]
+    for bad in ("data/ab/obj", "data/../x~tmp~y", "a~tmp~b/.x~tmp~y", "/.x~tmp~y", "data//.x~tmp~y"):
+        with pytest.raises(UsageError, match="no temporary file of file:///r"):
+            temp_path_parts(Leftover(bad, 1, 0.0), "file:///r")
 
 
 def test_remove_leftover_removes_only_temp_files_that_did_not_change(tmp_path: Path) -> None:

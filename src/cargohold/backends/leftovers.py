@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cargohold.backends.base import Leftover, Writer
+from cargohold.errors import UsageError
 from cargohold.procinfo import my_start, process_gone
 
 
@@ -85,6 +87,42 @@ def legacy_pid(tag: str) -> int | None:
     """The pid of a staged file named by an older cargohold (``PID-RANDOM``), host unknown."""
     m = _LEGACY_STAGED.match(tag)
     return int(m.group(1)) if m else None
+
+
+def new_writer_tag() -> str:
+    """A :func:`writer_tag` of this process with a fresh random part (unique per call)."""
+    return writer_tag(this_writer(), secrets.token_hex(6))
+
+
+#: What marks the name of a temporary file of the file backends (local, SFTP): no object
+#: name may hold a ``~``, so a listing of objects never shows one.
+TMP_MARK = "~tmp~"
+
+
+def temp_name(base: str) -> str:
+    """The name of a new temporary file for the file ``base`` beside it: ``.BASE~tmp~TAG``."""
+    return f".{base}{TMP_MARK}{new_writer_tag()}"
+
+
+def temp_leftover(name: str, size: int, modified: float) -> Leftover:
+    """The leftover that the temporary file ``name`` (a path relative to the store) is, its
+    writer read from the tag in its name."""
+    tag = name.rsplit(TMP_MARK, 1)[1]
+    writer = parse_writer_tag(tag)
+    kind = "temporary file"
+    pid = legacy_pid(tag) if writer is None else None
+    if pid is not None:
+        kind = f"temporary file of pid {pid} (host not recorded)"
+    return Leftover(name, size, modified, writer, kind)
+
+
+def temp_path_parts(leftover: Leftover, url: str) -> list[str]:
+    """The segments of a temporary file's path a file backend may remove; a UsageError for
+    any other name (an object, a path leaving the store)."""
+    parts = leftover.name.split("/")
+    if TMP_MARK not in parts[-1] or any(p in ("", ".", "..") or TMP_MARK in p for p in parts[:-1]):
+        raise UsageError(f"{leftover.name!r} is no temporary file of {url}")
+    return parts
 
 
 # --- the verdict -----------------------------------------------------------------------

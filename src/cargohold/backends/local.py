@@ -16,16 +16,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from stat import S_ISREG
 
 from cargohold.backends.base import Leftover, ObjectInfo, check_name
-from cargohold.backends.leftovers import legacy_pid, parse_writer_tag, this_writer, writer_tag
+from cargohold.backends.leftovers import TMP_MARK, temp_leftover, temp_name, temp_path_parts
 from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
 
-_TMP_MARK = "~tmp~"
 _TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
 
@@ -113,7 +111,7 @@ class LocalBackend:
     def _write_temp(self, path: Path, data: bytes | memoryview) -> Path:
         """Write ``data`` to a new fsync'd temporary file next to ``path``."""
         self._ensure_dir(path.parent)
-        tmp = path.parent / f".{path.name}{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
+        tmp = path.parent / temp_name(path.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, data)
@@ -136,7 +134,7 @@ class LocalBackend:
             self._ensure_dir(directory)
             # The tag starts with the pid, so the process that started a killed writer can
             # remove what it left (`.staged~tmp~PID-*`); the rest lets prune judge it later.
-            tmp = directory / f".staged{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
+            tmp = directory / temp_name("staged")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as err:
             raise _write_error(err, folder, self.url) from err
@@ -258,7 +256,7 @@ class LocalBackend:
                 return
             raise translate_oserror(err, f"directory {rel or '.'!r} in {self.url}") from err
         for entry in entries:
-            if _TMP_MARK in entry.name:
+            if TMP_MARK in entry.name:
                 continue
             name = rel + entry.name
             try:
@@ -310,7 +308,7 @@ class LocalBackend:
             raise translate_oserror(err, f"directory {rel or '.'!r} in {self.url}") from err
         for entry in entries:
             try:
-                if _TMP_MARK not in entry.name:
+                if TMP_MARK not in entry.name:
                     if entry.is_dir():
                         yield from self._walk_leftovers(Path(entry.path), rel + entry.name + "/", seen)
                     continue
@@ -321,19 +319,11 @@ class LocalBackend:
                 continue  # committed or removed while we listed
             except OSError as err:
                 raise translate_oserror(err, f"file {rel + entry.name!r} in {self.url}") from err
-            tag = entry.name.rsplit(_TMP_MARK, 1)[1]
-            writer = parse_writer_tag(tag)
-            kind = "temporary file"
-            if writer is None and legacy_pid(tag) is not None:
-                kind = f"temporary file of pid {legacy_pid(tag)} (host not recorded)"
-            yield Leftover(rel + entry.name, est.st_size, est.st_mtime, writer, kind)
+            yield temp_leftover(rel + entry.name, est.st_size, est.st_mtime)
 
     def remove_leftover(self, leftover: Leftover) -> bool:
         """Unlink the temporary file, unless it changed since it was listed."""
-        parts = leftover.name.split("/")
-        if _TMP_MARK not in parts[-1] or any(p in ("", ".", "..") or _TMP_MARK in p for p in parts[:-1]):
-            raise UsageError(f"{leftover.name!r} is no temporary file of {self.url}")
-        path = self.root.joinpath(*parts)
+        path = self.root.joinpath(*temp_path_parts(leftover, self.url))
         try:
             st = os.lstat(path)
             if not S_ISREG(st.st_mode) or st.st_size != leftover.size or st.st_mtime != leftover.modified:

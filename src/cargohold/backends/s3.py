@@ -56,7 +56,7 @@ import urllib3.exceptions
 from botocore.config import Config
 
 from cargohold.backends.base import Leftover, ObjectInfo, check_name
-from cargohold.backends.leftovers import parse_writer_tag, this_writer, writer_tag
+from cargohold.backends.leftovers import new_writer_tag, parse_writer_tag
 from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
 
 log = logging.getLogger("cargohold.backends.s3")
@@ -476,7 +476,7 @@ class S3Backend:
 
         while time.monotonic() < deadline:
             self._raise_if_exists(name, key)
-            mine = f"{claim_dir}{time.time_ns():020d}-{writer_tag(this_writer(), secrets.token_hex(6))}"
+            mine = f"{claim_dir}{time.time_ns():020d}-{new_writer_tag()}"
             self._call(what, lambda k=mine: self._client.put_object(Bucket=self.bucket, Key=k, Body=b""))  # type: ignore[misc]
             try:
                 while time.monotonic() < deadline:
@@ -513,7 +513,7 @@ class S3Backend:
 
     def _marker_key(self, key: str, upload_id: str) -> str:
         digest = hashlib.sha256(f"{key}\0{upload_id}".encode()).hexdigest()[:24]
-        return f"{self.prefix}{_MULTIPART_DIR}{digest}.{writer_tag(this_writer(), secrets.token_hex(6))}"
+        return f"{self.prefix}{_MULTIPART_DIR}{digest}.{new_writer_tag()}"
 
     def _store_multipart(self, name: str, key: str, data: bytes | bytearray) -> None:
         what = self._where(name)

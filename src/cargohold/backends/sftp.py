@@ -38,7 +38,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import stat as stat_mod
 import threading
 from collections.abc import Callable, Iterator
@@ -81,13 +80,12 @@ from paramiko.sftp_attr import SFTPAttributes
 
 from cargohold.backends._ssh import DEFAULT_TIMEOUT, Connection, SSHEnv, Target, connect, resolve
 from cargohold.backends.base import Leftover, ObjectInfo, check_name
-from cargohold.backends.leftovers import legacy_pid, parse_writer_tag, this_writer, writer_tag
+from cargohold.backends.leftovers import TMP_MARK, temp_leftover, temp_name, temp_path_parts
 from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectNotFound, UsageError
 
 __all__ = ["DEFAULT_CONNECTIONS", "SFTPBackend", "SFTPLocation", "SFTPStatusError", "open_url", "parse_url"]
 
 DEFAULT_CONNECTIONS = 4
-_TMP_MARK = "~tmp~"
 #: Bytes per read or write request: what ``limits@openssh.com`` allows, at most this much
 #: (measured best on loopback: docs/REPOSITORY.md); 32 KiB, which every server takes,
 #: where the server does not say.
@@ -756,7 +754,7 @@ class SFTPBackend:
 
     def _temp(self, path: str) -> str:
         folder, _, base = path.rpartition("/")
-        tmp = f".{base}{_TMP_MARK}{writer_tag(this_writer(), secrets.token_hex(6))}"
+        tmp = temp_name(base)
         return f"{folder}/{tmp}" if folder else tmp
 
     def _write_temp(self, s: _Session, path: str, data: memoryview) -> tuple[str, bytes]:
@@ -849,12 +847,12 @@ class SFTPBackend:
             check_name(base.rstrip("/"))
 
         def descend(sub: str) -> bool:
-            return _TMP_MARK not in sub and (sub.startswith(prefix) or prefix.startswith(sub))
+            return TMP_MARK not in sub and (sub.startswith(prefix) or prefix.startswith(sub))
 
         # Listed whole on one session, then yielded: a caller may use the backend meanwhile.
         found = self._call("the listing", lambda s: self._scan(s, base, descend))
         for name, a in found:
-            if _TMP_MARK not in name and name.startswith(prefix) and stat_mod.S_ISREG(a.st_mode or 0):
+            if TMP_MARK not in name and name.startswith(prefix) and stat_mod.S_ISREG(a.st_mode or 0):
                 yield ObjectInfo(name, a.st_size or 0)
 
     def _folder(self, rel: str) -> str:
@@ -900,25 +898,16 @@ class SFTPBackend:
         """Temporary files of writes (interrupted, or still running: the caller judges)."""
 
         def descend(sub: str) -> bool:
-            return _TMP_MARK not in sub
+            return TMP_MARK not in sub
 
         found = self._call("the listing of temporary files", lambda s: self._scan(s, "", descend))
         for name, a in found:
-            base = name.rsplit("/", 1)[-1]
-            if _TMP_MARK not in base or not stat_mod.S_ISREG(a.st_mode or 0):
-                continue
-            tag = base.rsplit(_TMP_MARK, 1)[1]
-            writer = parse_writer_tag(tag)
-            kind = "temporary file"
-            if writer is None and legacy_pid(tag) is not None:
-                kind = f"temporary file of pid {legacy_pid(tag)} (host not recorded)"
-            yield Leftover(name, a.st_size or 0, float(a.st_mtime or 0), writer, kind)
+            if TMP_MARK in name.rsplit("/", 1)[-1] and stat_mod.S_ISREG(a.st_mode or 0):
+                yield temp_leftover(name, a.st_size or 0, float(a.st_mtime or 0))
 
     def remove_leftover(self, leftover: Leftover) -> bool:
         """Remove the temporary file, unless it changed since it was listed."""
-        parts = leftover.name.split("/")
-        if _TMP_MARK not in parts[-1] or any(p in ("", ".", "..") or _TMP_MARK in p for p in parts[:-1]):
-            raise UsageError(f"{leftover.name!r} is no temporary file of {self.url}")
+        temp_path_parts(leftover, self.url)
         path = self._folder(leftover.name)
 
         def run(s: _Session) -> bool:
