@@ -1,4 +1,5 @@
-"""Machine-side helpers of the test bed: state directory, locks, logged commands, apt."""
+"""Machine-side helpers of the test bed: state directory, locks, logged commands, apt, and the
+daemons it starts (detached, found by their recorded pid, stopped by it)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from cargohold.errors import TestbedError
+from cargohold.procinfo import process_gone
 
 log = logging.getLogger("cargohold.testbed")
 
@@ -99,3 +105,91 @@ def apt_install(packages: Sequence[str], *, why: str) -> None:
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         run_logged(["apt-get", "update"], log_path, env=env)
         run_logged(["apt-get", "install", "-y", *packages], log_path, env=env)
+
+
+# --- daemons ------------------------------------------------------------------------------------
+
+# Popen objects of the daemons this process started, polled by :func:`reap` once they end.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def spawn_daemon(args: Sequence[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+    """Start a long-lived daemon in its own session, detached from our terminal, its output
+    appended to ``log_path`` (after a ``$ command`` line; ``None``: discarded)."""
+    log.info("starting %s (log: %s)", " ".join(args), log_path or "none")
+    with contextlib.ExitStack() as stack:
+        out: int | BinaryIO = subprocess.DEVNULL
+        if log_path is not None:
+            out = stack.enter_context(open(log_path, "ab"))
+            out.write(f"\n$ {' '.join(args)}\n".encode())
+            out.flush()
+        try:
+            proc = subprocess.Popen(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if log_path is not None else subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise TestbedError(f"cannot start {args[0]}: {exc}") from exc
+    _STARTED.append(proc)
+    return proc
+
+
+def reap() -> None:
+    """Collect the daemons we started that have ended (no zombies)."""
+    for proc in list(_STARTED):
+        if proc.poll() is not None:
+            _STARTED.remove(proc)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    return not process_gone(pid, None)
+
+
+def pid_in(pidfile: Path) -> int | None:
+    """The pid recorded in ``pidfile`` while that process runs; None when none is."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def stop_pid(pid: int, what: str, *, timeout: float = 10.0) -> bool:
+    """SIGTERM ``pid`` and wait up to ``timeout`` seconds for it to end, then SIGKILL it (and
+    wait a little more). True when it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        log.warning("%s (pid %d) ignored SIGTERM; killing it", what, pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return _wait_gone(pid, 5.0)
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        reap()
+        if not pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def free_port(preferred: int | None = None) -> int:
+    """A TCP port of 127.0.0.1 free right now: ``preferred`` when it is, else any."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise TestbedError("no free TCP port on 127.0.0.1")

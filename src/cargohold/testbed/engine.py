@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,17 @@ import docker
 
 from cargohold.docker.connect import DEFAULT_HOST
 from cargohold.errors import TestbedError
-from cargohold.testbed._system import apt_install, file_lock, is_linux_root, log, log_tail, state_dir
+from cargohold.testbed._system import (
+    apt_install,
+    file_lock,
+    is_linux_root,
+    log,
+    log_tail,
+    pid_in,
+    spawn_daemon,
+    state_dir,
+    stop_pid,
+)
 
 #: dockerd flags that keep the engine off the machine's networks: no docker0 bridge
 #: (which would take a private address range), no iptables/NAT rules.
@@ -47,10 +56,6 @@ MAX_SOCKET_PATH = 100
 DEFAULT_PIDFILE = Path("/var/run/docker.pid")
 #: The API version every engine of the test bed must speak (Docker 20.10).
 API_VERSION = "1.41"
-
-# Popen objects of the engines we started, so they are not reaped as garbage mid-run.
-_STARTED: list[subprocess.Popen[bytes]] = []
-
 
 # --- pure parts -------------------------------------------------------------------------
 
@@ -166,20 +171,6 @@ def engine_answers(host: str, *, timeout: float = 3.0) -> bool:
         client.close()
 
 
-def _pid_alive(pidfile: Path) -> int | None:
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
 def _wait_until_answers(host: str, log_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -198,24 +189,7 @@ def _wait_until_answers(host: str, log_path: Path, proc: subprocess.Popen[bytes]
 
 
 def _spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a long-lived daemon in its own session, detached from our terminal."""
-    log.info("starting %s (log: %s)", " ".join(args), log_path)
-    with open(log_path, "ab") as out:
-        out.write(f"\n$ {' '.join(args)}\n".encode())
-        out.flush()
-        try:
-            proc = subprocess.Popen(
-                list(args),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            raise TestbedError(f"cannot start {args[0]}: {exc}") from exc
-    _STARTED.append(proc)
-    return proc
+    return spawn_daemon(args, log_path)
 
 
 def _need_root(what: str, host: str) -> None:
@@ -272,7 +246,7 @@ def ensure_engine(*, timeout: float = 60.0, env: Mapping[str, str] | None = None
         _ensure_dockerd_installed()
         log_path = state_dir() / "dockerd.log"
         proc = None
-        if _pid_alive(DEFAULT_PIDFILE) is None:
+        if pid_in(DEFAULT_PIDFILE) is None:
             proc = _spawn(dockerd_args(), log_path)
         else:
             log.info("dockerd is already starting (pid file %s); waiting", DEFAULT_PIDFILE)
@@ -304,7 +278,7 @@ def ensure_second_engine(base_dir: Path | str = DEFAULT_SECOND_BASE, *, timeout:
         layout.config_file.write_text(json.dumps(config, indent=2) + "\n")
         log_path = state_dir() / f"dockerd-{layout.namespace}.log"
         proc = None
-        if _pid_alive(layout.pidfile) is None:
+        if pid_in(layout.pidfile) is None:
             with contextlib.suppress(FileNotFoundError):
                 layout.socket.unlink()
             proc = _spawn(dockerd_args(layout), log_path)
@@ -322,20 +296,10 @@ def stop_second_engine(
     layout = SecondEngineLayout(Path(base_dir))
     layout.check()
     with file_lock("engine-" + layout.namespace):
-        pid = _pid_alive(layout.pidfile)
+        pid = pid_in(layout.pidfile)
         if pid is not None:
             log.info("stopping the second engine (pid %d)", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _pid_alive(layout.pidfile) == pid and time.monotonic() < deadline:
-                _reap()
-                time.sleep(0.2)
-            if _pid_alive(layout.pidfile) == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                time.sleep(0.5)
-            _reap()
+            stop_pid(pid, "the second engine", timeout=timeout)
         if purge and layout.base.exists():
             busy = _mounts_under(layout.base)
             if busy:
@@ -354,10 +318,3 @@ def _mounts_under(base: Path) -> list[str]:
     prefix = str(base).rstrip("/") + "/"
     points = [line.split()[1] for line in lines if len(line.split()) > 1]
     return [p for p in points if p.startswith(prefix)]
-
-
-def _reap() -> None:
-    """Collect engines we started that have exited (no zombies)."""
-    for proc in list(_STARTED):
-        if proc.poll() is not None:
-            _STARTED.remove(proc)

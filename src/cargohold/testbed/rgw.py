@@ -16,12 +16,8 @@ CompleteMultipartUpload ignores ``If-None-Match``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,7 +31,17 @@ from typing import Any
 
 from cargohold.errors import TestbedError
 from cargohold.procinfo import owner_gone, owner_token
-from cargohold.testbed._system import apt_install, log, log_tail, run_logged, state_dir
+from cargohold.testbed._system import (
+    apt_install,
+    free_port,
+    log,
+    log_tail,
+    pid_in,
+    run_logged,
+    spawn_daemon,
+    state_dir,
+    stop_pid,
+)
 
 PACKAGES: tuple[str, ...] = ("--no-install-recommends", "radosgw", "ceph-mon", "ceph-osd", "ceph-common")
 #: Fixed keys of the test user (a test server on loopback: no secret worth keeping).
@@ -100,35 +106,6 @@ class RgwServer:
 def default_base() -> Path:
     """The directory of the gateway ``python -m cargohold.testbed rgw`` manages."""
     return state_dir() / "rgw"
-
-
-def _free_port(preferred: int | None = None) -> int:
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise TestbedError("no free TCP port on 127.0.0.1")
-
-
-def _pid_of(pidfile: Path) -> int | None:
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    # a zombie is gone for our purpose
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-    return pid
 
 
 def _answers(endpoint: str, timeout: float = 2.0) -> bool:
@@ -215,37 +192,21 @@ class _Cluster:
         return proc.stdout
 
     def spawn(self, name: str, args: Sequence[str]) -> None:
-        out = self.base / "log" / f"{name}.out"
-        with open(out, "ab") as handle:
-            try:
-                proc = subprocess.Popen(
-                    [args[0], "-c", str(self.conf), *args[1:]],
-                    stdin=subprocess.DEVNULL,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise TestbedError(f"cannot start {args[0]}: {exc}") from exc
+        proc = spawn_daemon([args[0], "-c", str(self.conf), *args[1:]], self.base / "log" / f"{name}.out")
         (self.base / "run" / f"pid.{name}").write_text(f"{proc.pid}\n")
-        _STARTED.append(proc)
 
     def wait(self, what: str, ready: object, timeout: float, daemon: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if callable(ready) and ready():
                 return
-            if _pid_of(self.base / "run" / f"pid.{daemon}") is None:
+            if pid_in(self.base / "run" / f"pid.{daemon}") is None:
                 break
             time.sleep(0.3)
         raise TestbedError(
             f"the Ceph {what} did not come up: {log_tail(self.base / 'log' / f'{daemon}.out')}",
             hint=f"logs in {self.base / 'log'}",
         )
-
-
-# Popen objects of the daemons we started, so they are not reaped as garbage mid-run.
-_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def _installed() -> bool:
@@ -265,7 +226,7 @@ def rgw_status(base: Path | None = None) -> RgwServer | None:
         server = RgwServer(**info)
     except (OSError, ValueError, TypeError):
         return None
-    if any(_pid_of(base / "run" / f"pid.{d}") is None for d in _DAEMONS):
+    if any(pid_in(base / "run" / f"pid.{d}") is None for d in _DAEMONS):
         return None
     return server if _answers(server.endpoint) else None
 
@@ -282,8 +243,8 @@ def start_rgw(base: Path | None = None, *, port: int | None = None, timeout: flo
     started = time.monotonic()
     for sub in ("log", "run", "mon.a", "osd.0"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    mon_port = _free_port()
-    rgw_port = _free_port(port or DEFAULT_PORT)
+    mon_port = free_port()
+    rgw_port = free_port(port or DEFAULT_PORT)
     fsid = str(uuid.uuid4())
     cl = _Cluster(base)
     cl.conf.write_text(_conf(base, fsid, mon_port, rgw_port))
@@ -366,22 +327,10 @@ def stop_rgw(base: Path | None = None, *, timeout: float = 10.0) -> bool:
     base = (base or default_base()).absolute()
     was = False
     for daemon in _DAEMONS:
-        pidfile = base / "run" / f"pid.{daemon}"
-        pid = _pid_of(pidfile)
+        pid = pid_in(base / "run" / f"pid.{daemon}")
         if pid is not None:
             was = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _pid_of(pidfile) is not None:
-                time.sleep(0.1)
-            if _pid_of(pidfile) is not None:
-                log.warning("Ceph %s (pid %d) ignored SIGTERM; killing it", daemon, pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for proc in list(_STARTED):
-            if proc.poll() is not None:
-                _STARTED.remove(proc)
+            stop_pid(pid, f"Ceph {daemon}", timeout=timeout)
     if base.exists() and ((base / "ceph.conf").exists() or (base / "run").exists()):
         shutil.rmtree(base, ignore_errors=True)
     return was

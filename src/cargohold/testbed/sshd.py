@@ -25,13 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold.errors import TestbedError
-from cargohold.testbed._system import apt_install, log, log_tail
+from cargohold.testbed._system import apt_install, free_port, log, log_tail, pid_alive, spawn_daemon, stop_pid
 
 SSHD = Path("/usr/sbin/sshd")
 PACKAGES = ("openssh-server", "openssh-client")
-
-# Popen objects of the servers we started, so they are not reaped as garbage mid-run.
-_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def default_base() -> Path:
@@ -102,19 +99,6 @@ class Sshd:
         return sorted(found)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
-    except OSError:
-        return False
-
-
 def sshd_status(base: Path) -> Sshd | None:
     """The sshd recorded in ``base`` when it still runs."""
     try:
@@ -122,19 +106,13 @@ def sshd_status(base: Path) -> Sshd | None:
     except (OSError, ValueError):
         return None
     sshd = Sshd(base=base, port=int(info["port"]), pid=int(info["pid"]), user=str(info["user"]))
-    return sshd if _pid_alive(sshd.pid) else None
+    return sshd if pid_alive(sshd.pid) else None
 
 
 def _ensure_installed() -> None:
     if SSHD.exists() and shutil.which("ssh-keygen"):
         return
     apt_install(list(PACKAGES), why="the SFTP tests need OpenSSH")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -194,7 +172,7 @@ def start_sshd(base: Path | None = None, *, timeout: float = 15.0, sftp: bool = 
     user = getpass.getuser()
     last = ""
     for _attempt in range(3):  # a free port may be taken between our probe and sshd's bind
-        port = _free_port()
+        port = free_port()
         host_key = (base / "host_ed25519.pub").read_text().split()[:2]
         (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
         (base / "sshd_config").write_text(_config(base, port, sftp))
@@ -202,14 +180,7 @@ def start_sshd(base: Path | None = None, *, timeout: float = 15.0, sftp: bool = 
         if check.returncode != 0:
             raise TestbedError(f"sshd rejects its test config: {check.stderr.strip()}")
         log.info("starting sshd on 127.0.0.1:%d (state: %s)", port, base)
-        proc = subprocess.Popen(
-            [str(SSHD), "-D", "-f", str(base / "sshd_config"), "-E", str(base / "sshd.log")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        _STARTED.append(proc)
+        proc = spawn_daemon([str(SSHD), "-D", "-f", str(base / "sshd_config"), "-E", str(base / "sshd.log")], None)
         sshd = Sshd(base=base, port=port, pid=proc.pid, user=user)
         (base / "sshd.json").write_text(json.dumps({"port": port, "pid": proc.pid, "user": user}))
         deadline = time.monotonic() + timeout
@@ -231,17 +202,9 @@ def stop_sshd(base: Path | None = None) -> bool:
     base = base or default_base()
     sshd = sshd_status(base)
     if sshd is not None:
-        sessions = sshd.session_pids()
-        for pid in [sshd.pid, *sessions]:
+        for pid in sshd.session_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _pid_alive(sshd.pid):
-            time.sleep(0.05)
-        if _pid_alive(sshd.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(sshd.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(sshd.pid, os.WNOHANG)
+        stop_pid(sshd.pid, "sshd")
     shutil.rmtree(base, ignore_errors=True)
     return sshd is not None
