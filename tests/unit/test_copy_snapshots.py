@@ -223,6 +223,25 @@ def test_init_copy_chunker_params_shares_ids_not_the_aes_key(tmp_path: Path) -> 
     assert other.key.id_key != src.key.id_key
 
 
+def test_init_copy_chunker_params_writes_once_and_does_not_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new repository is the one just written: one key derivation (the slot's), no
+    second reading of its config and key slots."""
+    src = init(tmp_path / "src")
+    derived: list[bytes] = []
+    real = KdfParams.derive
+
+    def derive(self: KdfParams, password: str, salt: bytes) -> bytes:
+        derived.append(salt)
+        return real(self, password, salt)
+
+    monkeypatch.setattr(KdfParams, "derive", derive)
+    dst = init(tmp_path / "dst", like=src)
+    assert len(derived) == 1
+    assert dst.key_id and dst.config.compression_level == src.config.compression_level
+
+
 def test_refused_when_blob_ids_differ(tmp_path: Path, sources: tuple[Path, Path]) -> None:
     a, _ = sources
     src = init(tmp_path / "src")

@@ -153,7 +153,11 @@ class Repository:
         compression_level: int = 3,
         cache_dir: Path | None = None,
         spec: str | None = None,
+        master: MasterKey | None = None,
     ) -> Repository:
+        """Create a repository on ``backend`` (a key slot first, then the config, created
+        only if absent). ``master``: the master key to use (default: a new one; see
+        :func:`cargohold.repo.sharedparams.init_like`)."""
         from cargohold.repo import keys as keys
 
         try:
@@ -167,7 +171,7 @@ class Repository:
                 f"{backend.url} has key files but no config: it is a repository whose config is lost",
                 hint="restore the config with `cargohold repair config` (or `cargohold key import FILE`)",
             )
-        master = MasterKey.generate()
+        master = master if master is not None else MasterKey.generate()
         config = RepoConfig(
             id=secrets.token_hex(16),
             created=datetime.now(UTC).isoformat(),

@@ -21,13 +21,13 @@ re-encrypts every blob under the target's key.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from pathlib import Path
 
 from cargohold.backends.base import Backend
-from cargohold.errors import ObjectExists, ObjectNotFound, RepositoryError, RepositoryExists, UsageError
+from cargohold.errors import RepositoryError, UsageError
 from cargohold.repo import keys
 from cargohold.repo.crypto import KEY_LEN, MasterKey
-from cargohold.repo.repository import CONFIG_NAME, RepoConfig, Repository
+from cargohold.repo.repository import Repository
 
 COPY_HINT_OPTION = "--copy-chunker-params-from"
 
@@ -78,37 +78,22 @@ def init_like(
     like: Repository,
     *,
     kdf: keys.KdfParams | None = None,
-) -> str:
+    cache_dir: Path | None = None,
+    spec: str | None = None,
+) -> Repository:
     """Create a repository on ``backend`` whose blob ids and chunks agree with ``like``'s (same
-    blob id key, chunker seed and chunker parameters; its own AES key and repository id);
-    returns its key slot id. Open it with :meth:`Repository.open` (which proves the slot).
-
-    The same steps and checks as :meth:`Repository.init` (key slot first, then the config,
-    created only if absent), with the master key derived from ``like``'s instead of drawn.
-    """
+    blob id key, chunker seed, chunker parameters and compression level; its own AES key and
+    repository id) and return it open: :meth:`Repository.init` (the same steps and checks)
+    with the master key derived from ``like``'s instead of drawn."""
     if not password:
         raise UsageError("an empty password is not allowed")
-    try:
-        backend.stat(CONFIG_NAME)
-    except ObjectNotFound:
-        pass
-    else:
-        raise RepositoryExists(f"a repository exists already at {backend.url}")
-    if any(True for _ in backend.list("keys/")):
-        raise RepositoryExists(
-            f"{backend.url} has key files but no config: it is a repository whose config is lost",
-            hint="restore the config with `cargohold repair config` (or `cargohold key import FILE`)",
-        )
-    master = sharing_master_key(like.key)
-    config = RepoConfig(
-        id=secrets.token_hex(16),
-        created=datetime.now(UTC).isoformat(),
+    return Repository.init(
+        backend,
+        password,
+        kdf=kdf,
         chunker=like.config.chunker,
         compression_level=like.config.compression_level,
+        cache_dir=cache_dir,
+        spec=spec,
+        master=sharing_master_key(like.key),
     )
-    key_id = keys.create_key(backend, password, master, label="initial", kdf=kdf, config=config)
-    try:
-        backend.create(CONFIG_NAME, config.encode())
-    except ObjectExists:
-        raise RepositoryExists(f"a repository exists already at {backend.url}") from None
-    return key_id

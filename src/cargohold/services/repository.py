@@ -126,17 +126,11 @@ def init_repository(
     if not password:
         raise UsageError("an empty password is not allowed")
     backend = storage.open_storage(url, retry_budget=_retry_budget())
+    kdf = kdf or keyslots.KdfParams.from_env()
+    cache_dir, spec = _cache_for(backend, "default"), storage.spec_of(url, backend)
     if like is not None:
-        sharedparams.init_like(backend, password, like, kdf=kdf or keyslots.KdfParams.from_env())
-        backend.close()
-        return open_repository(url, password)
-    return Repository.init(
-        backend,
-        password,
-        kdf=kdf or keyslots.KdfParams.from_env(),
-        cache_dir=_cache_for(backend, "default"),
-        spec=storage.spec_of(url, backend),
-    )
+        return sharedparams.init_like(backend, password, like, kdf=kdf, cache_dir=cache_dir, spec=spec)
+    return Repository.init(backend, password, kdf=kdf, cache_dir=cache_dir, spec=spec)
 
 
 def prepare_store(url: str, *, create: bool = True) -> str | None:
