@@ -388,3 +388,27 @@ def test_the_clean_up_after_a_failed_store_is_not_retried() -> None:
     with pytest.raises(BackendIOError):
         storage.delete_once(rb, "data/y")
     assert repo_like.count == 1 and rb.retries == 0
+
+
+def test_a_failed_store_removes_what_it_left_with_one_attempt() -> None:
+    """``storage.store_or_clean`` (the repository's objects and the workers' packs): the
+    store's error is raised, after one delete of the half-written object."""
+
+    class HalfWrites(MemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.deletes: list[str] = []
+
+        def store(self, name: str, data: bytes) -> None:
+            super().store(name, data[: len(data) // 2])
+            raise BackendIOError(f"connection to {self.url} reset", transient=True)
+
+        def delete(self, name: str) -> None:
+            self.deletes.append(name)
+            super().delete(name)
+
+    inner = HalfWrites()
+    backend = CountingBackend(RetryBackend(inner, attempts=3, base_delay=0.001))
+    with pytest.raises(BackendIOError, match="reset"):
+        storage.store_or_clean(backend, "data/x", b"12345678")
+    assert inner.deletes == ["data/x"] and not list(inner.list(""))

@@ -33,7 +33,6 @@ fill — at most ``uploads`` packs wait or are in flight, so memory stays bounde
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 from collections import deque
@@ -42,7 +41,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cargohold.backends.local import StagedObject
-from cargohold.errors import BackendError
 from cargohold.repo.child import run_child
 from cargohold.repo.chunker import Chunker, ChunkerParams, ChunkSource
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
@@ -50,7 +48,7 @@ from cargohold.repo.fileread import Compressibility, read_file
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
 from cargohold.repo.pack import PackBuilder, PackStream
-from cargohold.repo.storage import RETRY_BUDGET, delete_once, open_storage, request_counts
+from cargohold.repo.storage import RETRY_BUDGET, open_storage, request_counts, store_or_clean
 
 #: New chunks are claimed from the parent in batches of about this many bytes.
 CLAIM_BATCH = 2 * 1024 * 1024
@@ -182,13 +180,7 @@ class Worker:
         self.send(("pack", rec))
 
     def _upload(self, data: bytes, pack_id: bytes, rec: PackRecord) -> None:
-        name = pack_name(pack_id)
-        try:
-            self.backend.store(name, data)
-        except BackendError:  # what a broken store may have left half written (one attempt)
-            with contextlib.suppress(BackendError):
-                delete_once(self.backend, name)
-            raise
+        store_or_clean(self.backend, pack_name(pack_id), data)
         self.send(("pack", rec))
 
     def close(self) -> None:

@@ -457,12 +457,7 @@ class Repository:
     def store_object(self, name: str, data: bytes) -> None:
         """Store; when that fails, try to remove what a broken store may have left half
         written, so a failed write never leaves a damaged object behind."""
-        try:
-            self.backend.store(name, data)
-        except BackendError:
-            with contextlib.suppress(BackendError):
-                storage.delete_once(self.backend, name)  # one attempt: not a second retry budget
-            raise
+        storage.store_or_clean(self.backend, name, data)
 
     def locate(self, bid: bytes) -> Location | None:
         """Where to read a blob: the index, else a pack no readable index file lists (a

@@ -17,6 +17,7 @@ real worker processes, in tests and benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from cargohold.backends.counting import CountingBackend, RequestCounts
 from cargohold.backends.local import LocalBackend
 from cargohold.backends.memory import MemoryBackend
 from cargohold.backends.retry import RetryBackend
-from cargohold.errors import UsageError
+from cargohold.errors import BackendError, UsageError
 
 #: Retries of remote stores: attempts per call, first and largest delay, total seconds.
 RETRY_ATTEMPTS = 12
@@ -190,6 +191,18 @@ def retry_budget_of(backend: Backend) -> float:
             return b.budget
         b = getattr(b, "inner", None)
     return RETRY_BUDGET
+
+
+def store_or_clean(backend: Backend, name: str, data: bytes) -> None:
+    """Store ``name``; when that fails, try once (:func:`delete_once`) to remove what a
+    broken store may have left half written, so a failed write never leaves a damaged
+    object behind, then raise the store's error."""
+    try:
+        backend.store(name, data)
+    except BackendError:
+        with contextlib.suppress(BackendError):
+            delete_once(backend, name)  # one attempt: not a second retry budget
+        raise
 
 
 def delete_once(backend: Backend, name: str) -> None:
