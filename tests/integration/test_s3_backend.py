@@ -88,6 +88,32 @@ def small_parts(bucket: str, prefix: str = "repo") -> S3Backend:
     return S3Backend(bucket, prefix, multipart_threshold=6 * MiB, part_size=5 * MiB)
 
 
+# --- the body's checksum ------------------------------------------------------------------
+
+
+def test_a_body_changed_on_the_way_is_refused_without_content_md5(s3_bucket: str) -> None:
+    """Over http uploads carry no Content-MD5 (S3Backend.content_md5): the SHA-256 of the body
+    that SigV4 signs is what the server checks, so a body changed after signing is refused,
+    a single PUT and a part alike, and nothing is stored."""
+    backend = small_parts(s3_bucket)
+    assert backend.endpoint.startswith("http:") and not backend.content_md5
+
+    def corrupt(request: Any, **_kw: object) -> None:
+        body = request.body if isinstance(request.body, (bytes, bytearray)) else request.body.read()
+        if body:  # not the empty marker of a multipart upload
+            request.body = bytes([body[0] ^ 1]) + bytes(body[1:])
+
+    backend._client.meta.events.register("before-send.s3.PutObject", corrupt)
+    backend._client.meta.events.register("before-send.s3.UploadPart", corrupt)
+    for name, size in (("data/small", 1000), ("data/large", 7 * MiB)):
+        with pytest.raises(BackendIOError) as err:
+            backend.store(name, os.urandom(size))
+        assert not err.value.transient and "XAmzContentSHA256Mismatch" in str(err.value)
+        with pytest.raises(ObjectNotFound):
+            backend.stat(name)
+    assert leftovers_of(backend) == []
+
+
 # --- multipart uploads ------------------------------------------------------------------
 
 

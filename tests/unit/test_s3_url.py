@@ -3,7 +3,11 @@ real one is in tests/contract and tests/integration/test_s3_backend.py)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
@@ -124,3 +128,61 @@ def test_a_bug_is_not_mapped_to_an_io_error() -> None:
 
     with pytest.raises(TypeError):
         backend._call("x", buggy)
+
+
+def _sent_checksums(backend: S3Backend) -> list[tuple[str | None, str]]:
+    """(Content-MD5, X-Amz-Content-SHA256) of each request the backend sends (answered 200
+    here, never sent on the wire)."""
+    from botocore.awsrequest import AWSResponse
+
+    class _Raw:
+        def stream(self, **_kw: object) -> Iterator[bytes]:
+            yield b""
+
+    seen: list[tuple[str | None, str]] = []
+
+    def answer(request: Any, **_kw: object) -> AWSResponse:
+        md5 = request.headers.get("Content-MD5")
+        sha = request.headers["X-Amz-Content-SHA256"]
+        seen.append((None if md5 is None else md5.decode(), sha.decode()))
+        return AWSResponse(request.url, 200, {}, _Raw())
+
+    backend._client.meta.events.register("before-send.s3.*", answer)
+    return seen
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_every_upload_is_hashed_once(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over http SigV4 signs the body's SHA-256 (the server checks it): no Content-MD5 on top;
+    over https botocore signs no payload when Content-MD5 is sent, so it is sent."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    backend = S3Backend("b", "p", endpoint=f"{scheme}://127.0.0.1:9", create_mode="conditional")
+    seen = _sent_checksums(backend)
+    data = bytes(range(256)) * 4
+    backend.store("data/small", data)
+    backend.create("locks/x", data)
+    backend._client.upload_part(Bucket="b", Key="p/k", UploadId="u", PartNumber=1, Body=data,
+                                **backend._checksum(data))  # fmt: skip
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    sha = hashlib.sha256(data).hexdigest()
+    if scheme == "http":
+        assert not backend.content_md5 and seen == [(None, sha)] * 3
+    else:
+        assert backend.content_md5 and seen == [(md5, "UNSIGNED-PAYLOAD")] * 3
+
+
+def test_content_md5_is_sent_over_http_when_the_profile_turns_payload_signing_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    config.write_text("[default]\ns3 =\n  payload_signing_enabled = false\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    backend = open_url("s3://b/p?endpoint=http://127.0.0.1:9")
+    seen = _sent_checksums(backend)
+    backend.store("data/small", b"abc")
+    assert backend.content_md5 and seen == [
+        (base64.b64encode(hashlib.md5(b"abc").digest()).decode(), "UNSIGNED-PAYLOAD")
+    ]

@@ -14,10 +14,13 @@ why, measured against obstore, is in docs/REPOSITORY.md ("Remote backends: S3").
 How the promises of :class:`~cargohold.backends.base.Backend` are kept (the details
 and their reasons are in docs/FORMAT-keys-locks.md, "Storage backends"):
 
-* ``store``: one PUT with ``Content-MD5`` below :attr:`S3Backend.multipart_threshold`,
-  else a multipart upload whose parts each carry ``Content-MD5``; S3 makes an object
-  visible only when its PUT or CompleteMultipartUpload succeeds, so a reader never
-  sees it half-written. An interrupted multipart upload is a *leftover*
+* ``store``: one PUT below :attr:`S3Backend.multipart_threshold`, else a multipart
+  upload; S3 makes an object visible only when its PUT or CompleteMultipartUpload
+  succeeds, so a reader never sees it half-written. Every upload's body is checked by
+  the server with one hash: over http SigV4 signs its SHA-256; over https botocore signs
+  no payload when the request carries ``Content-MD5``, which we then send
+  (:attr:`S3Backend.content_md5`) — MD5 and SHA-256 of every pack would be twice the
+  work. An interrupted multipart upload is a *leftover*
   (:meth:`S3Backend.leftovers`); its writer is recorded in a small marker object
   ``PREFIX/~multipart/<digest>.<writer tag>`` that lives as long as the upload.
 * ``create``: a PUT with ``If-None-Match: *`` (412 when the name is taken). Servers that
@@ -216,6 +219,12 @@ class S3Backend:
         except bex.BotoCoreError as err:
             raise BackendIOError(f"cannot set up the S3 client for bucket {bucket!r}: {err}") from err
         self.endpoint = str(self._client.meta.endpoint_url)
+        payload_signed = (
+            not self.endpoint.lower().startswith("https:")
+            and (self._client.meta.config.s3 or {}).get("payload_signing_enabled") is not False
+        )
+        #: Whether uploads carry Content-MD5: only where SigV4 does not sign the payload.
+        self.content_md5 = not payload_signed
         shown = f"s3://{bucket}/{prefix}".rstrip("/")
         self.url = shown if endpoint is None else f"{shown}?endpoint={endpoint}"
 
@@ -226,6 +235,10 @@ class S3Backend:
 
     def _key(self, name: str) -> str:
         return self.prefix + check_name(name)
+
+    def _checksum(self, data: bytes | bytearray | memoryview) -> dict[str, str]:
+        """The ``ContentMD5`` argument of an upload of ``data``, where it is sent."""
+        return {"ContentMD5": _md5(data)} if self.content_md5 else {}
 
     def _where(self, name: str) -> str:
         return f"object {name!r} in {self.url}"
@@ -308,7 +321,7 @@ class S3Backend:
             return
         self._call(
             self._where(name),
-            lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentMD5=_md5(body)),
+            lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **self._checksum(body)),
         )
 
     def create(self, name: str, data: bytes) -> None:
@@ -318,7 +331,7 @@ class S3Backend:
             self._call(
                 self._where(name),
                 lambda: self._client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentMD5=_md5(body), IfNoneMatch="*"
+                    Bucket=self.bucket, Key=key, Body=body, **self._checksum(body), IfNoneMatch="*"
                 ),
             )
             return
@@ -488,7 +501,7 @@ class S3Backend:
                         self._call(
                             what,
                             lambda: self._client.put_object(
-                                Bucket=self.bucket, Key=key, Body=data, ContentMD5=_md5(data)
+                                Bucket=self.bucket, Key=key, Body=data, **self._checksum(data)
                             ),
                         )
                         return
@@ -530,7 +543,7 @@ class S3Backend:
                     what,
                     lambda c=chunk, n=number: self._client.upload_part(  # type: ignore[misc]
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=bytes(c),
-                        ContentMD5=_md5(c),
+                        **self._checksum(c),
                     ),
                 )  # fmt: skip
                 parts.append({"ETag": part["ETag"], "PartNumber": number})
