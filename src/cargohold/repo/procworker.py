@@ -48,7 +48,7 @@ from cargohold.repo.fileread import Compressibility, read_file
 from cargohold.repo.format import BlobType, pack_name
 from cargohold.repo.index import PackRecord
 from cargohold.repo.pack import PackBuilder, PackStream
-from cargohold.repo.storage import RETRY_BUDGET, open_storage, request_counts, store_or_clean
+from cargohold.repo.storage import open_worker_storage, request_counts, store_or_clean
 
 #: New chunks are claimed from the parent in batches of about this many bytes.
 CLAIM_BATCH = 2 * 1024 * 1024
@@ -57,7 +57,7 @@ CLAIM_BATCH = 2 * 1024 * 1024
 class Worker:
     def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
         self.conn = conn
-        self.backend = open_storage(setup["spec"], retry_budget=setup.get("retry_budget", RETRY_BUDGET))
+        self.backend = open_worker_storage(setup)
         stage = getattr(self.backend.inner, "stage", None)
         #: Staged files in the store's folder (local), or packs in memory (remote).
         self._stage = stage if callable(stage) else None

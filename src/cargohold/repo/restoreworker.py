@@ -32,7 +32,7 @@ from typing import Any
 from cargohold.repo.child import run_child
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
 from cargohold.repo.restoredata import DataWriter, WriteReport
-from cargohold.repo.storage import RETRY_BUDGET, open_storage, request_counts
+from cargohold.repo.storage import open_worker_storage, request_counts
 
 _Inbox = queue.SimpleQueue[tuple[Any, ...] | BaseException]
 
@@ -40,7 +40,7 @@ _Inbox = queue.SimpleQueue[tuple[Any, ...] | BaseException]
 class RestoreWorker:
     def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
         self.conn = conn
-        self.backend = open_storage(setup["spec"], retry_budget=setup.get("retry_budget", RETRY_BUDGET))
+        self.backend = open_worker_storage(setup)
         key = MasterKey.from_bytes(setup["key"])
         cipher = Cipher(key)
         self.writers = [

@@ -21,6 +21,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cargohold.backends import open_backend, url_with_options
@@ -147,6 +148,13 @@ def open_storage(url: str, *, retry_budget: float = RETRY_BUDGET) -> CountingBac
     (:class:`~cargohold.backends.counting.CountingBackend`: over the retries, which count
     themselves)."""
     return CountingBackend(with_retries(_open(url), budget=retry_budget))
+
+
+def open_worker_storage(setup: dict[str, Any]) -> CountingBackend:
+    """The store of a worker process, from the setup its parent sent
+    (:meth:`cargohold.repo.repository.Repository.worker_setup`): the same URL and retry
+    budget as the parent's, so that it retries alike."""
+    return open_storage(setup["spec"], retry_budget=float(setup.get("retry_budget", RETRY_BUDGET)))
 
 
 def counts_of(backend: Backend) -> RequestCounts | None:
