@@ -215,7 +215,7 @@ class Sshd(Server):
     alias = "bench-sftp"
 
     def __init__(self, work: Path) -> None:
-        self.server = sshd_bed.start_sshd(Path(tempfile.mkdtemp(prefix="ch-sshd-")))
+        self.server = sshd_bed.start_sshd(sshd_bed.temp_base())
         self.config = work / "ssh_config"
         self.config.write_text(self.server.ssh_config(self.alias))
 

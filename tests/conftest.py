@@ -15,9 +15,11 @@ import pytest
 
 from cargohold.backends import Backend, open_backend
 from cargohold.errors import TestbedError
+from cargohold.testbed import rgw as rgw_bed
+from cargohold.testbed import sshd as sshd_bed
 from cargohold.testbed.resources import unique_name as _unique_name
-from cargohold.testbed.rgw import RgwServer, start_rgw, stop_rgw, sweep_orphans, temp_base
-from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd
+from cargohold.testbed.rgw import RgwServer
+from cargohold.testbed.sshd import Sshd
 
 
 @pytest.fixture
@@ -27,34 +29,37 @@ def unique_name() -> Callable[[str], str]:
 
 
 @pytest.fixture(scope="session")
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+def sshd_server() -> Iterator[Sshd]:
     """A private OpenSSH sshd on 127.0.0.1 (key-only login as the current user), started once
     per run by the test bed (installing OpenSSH when missing) and stopped at the end."""
+    sshd_bed.sweep_orphans()  # sshds of earlier runs killed before they stopped theirs
+    base = sshd_bed.temp_base()
     try:
-        server = start_sshd(tmp_path_factory.mktemp("sshd"))
+        server = sshd_bed.start_sshd(base)
     except TestbedError as exc:
+        sshd_bed.stop_sshd(base)
         pytest.fail(f"test bed: {exc}", pytrace=False)
     try:
         yield server
     finally:
-        stop_sshd(server.base)
+        sshd_bed.stop_sshd(base)
 
 
 @pytest.fixture(scope="session")
 def rgw_server() -> Iterator[RgwServer]:
     """A single-node Ceph RADOS Gateway (S3) on 127.0.0.1 with a memstore OSD, started once
     per run by the test bed (installing Ceph's packages when missing) and stopped at the end."""
-    sweep_orphans()  # gateways of earlier runs killed before they stopped theirs
-    base = temp_base()  # short: the daemons' admin sockets live in it
+    rgw_bed.sweep_orphans()  # gateways of earlier runs killed before they stopped theirs
+    base = rgw_bed.temp_base()  # short: the daemons' admin sockets live in it
     try:
-        server = start_rgw(base)
+        server = rgw_bed.start_rgw(base)
     except TestbedError as exc:
-        stop_rgw(base)
+        rgw_bed.stop_rgw(base)
         pytest.fail(f"test bed: {exc}", pytrace=False)
     try:
         yield server
     finally:
-        stop_rgw(base)
+        rgw_bed.stop_rgw(base)
 
 
 @pytest.fixture

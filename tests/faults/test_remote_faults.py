@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -173,12 +172,10 @@ class SftpServer(Server):
             start_new_session=True,
         )
         self._pid = self._respawned.pid
+        # the test bed stops its sshd by the pid it recorded: record the new one
+        record = Path(self.sshd.base) / "sshd.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "pid": self._pid}))
         _wait_listening(self.upstream)
-
-    def close(self) -> None:
-        if self._respawned is not None:
-            _kill9([self._respawned.pid, *self.sessions()])
-            self._respawned.wait(10)
 
 
 class S3Server(Server):
@@ -306,13 +303,13 @@ def _wait_listening(addr: tuple[str, int], timeout: float = 20) -> None:
 def sftp_server() -> Iterator[SftpServer]:
     sshd_mod = pytest.importorskip("cargohold.testbed.sshd")
     pytest.importorskip("cargohold.backends.sftp")
-    base = Path(tempfile.mkdtemp(prefix="ch-faults-sshd-"))
+    sshd_mod.sweep_orphans()
+    base = sshd_mod.temp_base()
     sshd = sshd_mod.start_sshd(base)
     server = SftpServer(sshd)
     try:
         yield server
     finally:
-        server.close()
         sshd_mod.stop_sshd(base)
 
 

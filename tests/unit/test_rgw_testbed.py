@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+from cargohold.procinfo import owner_token
 from cargohold.testbed import rgw
 
 
@@ -16,7 +17,7 @@ def test_sweep_stops_the_daemons_of_a_dead_owner_only() -> None:
     orphan = rgw.temp_base()
     alive = rgw.temp_base()  # owned by this (living) process
     try:
-        (orphan / "owner").write_text(f"{rgw.owner_token().rsplit(':', 2)[0]}:{dead.pid}:")
+        (orphan / "owner").write_text(f"{owner_token().rsplit(':', 2)[0]}:{dead.pid}:")
         (orphan / "run").mkdir()
         (orphan / "run" / "pid.mon").write_text(f"{daemon.pid}\n")
         (orphan / "ceph.conf").write_text("")

@@ -12,13 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from cargohold.errors import TestbedError
-from cargohold.procinfo import process_gone
+from cargohold.procinfo import owner_gone, owner_token, process_gone
 
 log = logging.getLogger("cargohold.testbed")
 
@@ -193,3 +194,36 @@ def free_port(preferred: int | None = None) -> int:
                 continue
             return int(s.getsockname()[1])
     raise TestbedError("no free TCP port on 127.0.0.1")
+
+
+# --- directories of daemons owned by a process ----------------------------------------------------
+
+#: The file of an :func:`owned_temp_dir` naming the process that owns it.
+OWNER_FILE = "owner"
+
+
+def _temp_root() -> Path:
+    return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+
+
+def owned_temp_dir(prefix: str) -> Path:
+    """A new short directory ``/tmp/PREFIXxxxx`` for a daemon of this process (a test session's),
+    naming this process as its owner, so that :func:`orphaned_dirs` finds it should this process
+    die without stopping the daemon (a test run killed by a timeout)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=_temp_root()))
+    (base / OWNER_FILE).write_text(owner_token())
+    return base
+
+
+def orphaned_dirs(prefix: str) -> list[Path]:
+    """The :func:`owned_temp_dir` directories of ``prefix`` whose owner process is gone.
+    Directories without an owner record are not listed."""
+    found = []
+    for base in sorted(_temp_root().glob(prefix + "*")):
+        try:
+            token = (base / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue
+        if token and owner_gone(token):
+            found.append(base)
+    return found

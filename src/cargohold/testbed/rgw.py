@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.errors import TestbedError
-from cargohold.procinfo import owner_gone, owner_token
 from cargohold.testbed._system import (
     apt_install,
     free_port,
     log,
     log_tail,
+    orphaned_dirs,
+    owned_temp_dir,
     pid_in,
     run_logged,
     spawn_daemon,
@@ -337,34 +337,21 @@ def stop_rgw(base: Path | None = None, *, timeout: float = 10.0) -> bool:
 
 
 _TEMP_PREFIX = "ch-rgw-"
-_OWNER = "owner"
-
-
-def _temp_root() -> Path:
-    return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
 
 
 def temp_base() -> Path:
     """A new short directory for a gateway of its own (a test session's), naming this process
     as its owner, so that :func:`sweep_orphans` can stop it if this process dies without
     stopping it (a test run killed by a timeout)."""
-    base = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=_temp_root()))
-    (base / _OWNER).write_text(owner_token())
-    return base
+    return owned_temp_dir(_TEMP_PREFIX)
 
 
 def sweep_orphans() -> list[Path]:
     """Stop the gateways of :func:`temp_base` directories whose owner process is gone; the
     directories they were in. Directories without an owner record are left alone."""
-    swept = []
-    for base in sorted(_temp_root().glob(_TEMP_PREFIX + "*")):
-        try:
-            token = (base / _OWNER).read_text().strip()
-        except OSError:
-            continue
-        if token and owner_gone(token):
-            log.info("stopping the orphaned RADOS Gateway in %s", base)
-            stop_rgw(base)
-            shutil.rmtree(base, ignore_errors=True)
-            swept.append(base)
+    swept = orphaned_dirs(_TEMP_PREFIX)
+    for base in swept:
+        log.info("stopping the orphaned RADOS Gateway in %s", base)
+        stop_rgw(base)
+        shutil.rmtree(base, ignore_errors=True)
     return swept

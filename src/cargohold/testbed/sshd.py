@@ -25,7 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold.errors import TestbedError
-from cargohold.testbed._system import apt_install, free_port, log, log_tail, pid_alive, spawn_daemon, stop_pid
+from cargohold.testbed._system import (
+    OWNER_FILE,
+    apt_install,
+    free_port,
+    log,
+    log_tail,
+    orphaned_dirs,
+    owned_temp_dir,
+    pid_alive,
+    spawn_daemon,
+    stop_pid,
+)
 
 SSHD = Path("/usr/sbin/sshd")
 PACKAGES = ("openssh-server", "openssh-client")
@@ -160,8 +171,13 @@ def start_sshd(base: Path | None = None, *, timeout: float = 15.0, sftp: bool = 
     if running is not None:
         return running
     _ensure_installed()
+    owner = ""
+    with contextlib.suppress(OSError):
+        owner = (base / OWNER_FILE).read_text()  # of a temp_base: kept
     stop_sshd(base)
     base.mkdir(parents=True, exist_ok=True)
+    if owner:
+        (base / OWNER_FILE).write_text(owner)
     base.chmod(0o700)
     (base / "data").mkdir()
     _keygen(base / "host_ed25519", "cargohold-testbed-host")
@@ -208,3 +224,23 @@ def stop_sshd(base: Path | None = None) -> bool:
         stop_pid(sshd.pid, "sshd")
     shutil.rmtree(base, ignore_errors=True)
     return sshd is not None
+
+
+_TEMP_PREFIX = "ch-sshd-"
+
+
+def temp_base() -> Path:
+    """A new short directory for an sshd of its own (a test session's), naming this process as
+    its owner, so that :func:`sweep_orphans` can stop it if this process dies without stopping
+    it (a test run killed by a timeout)."""
+    return owned_temp_dir(_TEMP_PREFIX)
+
+
+def sweep_orphans() -> list[Path]:
+    """Stop the sshds of :func:`temp_base` directories whose owner process is gone; the
+    directories they were in. Directories without an owner record are left alone."""
+    swept = orphaned_dirs(_TEMP_PREFIX)
+    for base in swept:
+        log.info("stopping the orphaned sshd in %s", base)
+        stop_sshd(base)
+    return swept
