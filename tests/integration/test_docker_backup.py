@@ -156,8 +156,10 @@ def test_driver_options_kept(
         restore_volume(
             repo, docker_port, docker_port.endpoint, res.snapshot, VolumeRestoreRequest(to=target, journal=journal)
         )
+    # the refused restore removed the volume it had made (the directory and its data stay)
+    assert target not in {v.name for v in docker_port.list_volumes()}
+    assert (device / "x").read_text() == "on-the-device\n"
     (device / "x").unlink()  # the data is lost ...
-    docker_port.remove_volume(target)
     restore_volume(
         repo, docker_port, docker_port.endpoint, res.snapshot, VolumeRestoreRequest(to=target, journal=journal)
     )
