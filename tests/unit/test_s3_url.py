@@ -186,3 +186,24 @@ def test_content_md5_is_sent_over_http_when_the_profile_turns_payload_signing_of
     assert backend.content_md5 and seen == [
         (base64.b64encode(hashlib.md5(b"abc").digest()).decode(), "UNSIGNED-PAYLOAD")
     ]
+
+
+def test_one_client_is_built_when_the_url_names_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    built: list[str] = []
+    real_client = boto3.session.Session.client
+
+    def client(self: Any, *args: Any, **kwargs: Any) -> Any:
+        built.append(kwargs["config"].s3["addressing_style"])
+        return real_client(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    open_url("s3://bucket/p?endpoint=http://127.0.0.1:9")
+    open_url("s3://bucket/p")
+    open_url("s3://bucket/p?endpoint=https://s3.eu-west-1.amazonaws.com")
+    assert built == ["path", "virtual", "virtual"]
+    built.clear()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:7")  # known only once botocore resolves it
+    assert open_url("s3://bucket/p")._client.meta.config.s3["addressing_style"] == "path"
+    assert built == ["virtual", "path"]

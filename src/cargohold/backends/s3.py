@@ -211,10 +211,15 @@ class S3Backend:
                 )
                 return session.client("s3", endpoint_url=endpoint, config=config)
 
-            self._client: Any = client("virtual" if addressing == "auto" else addressing)
-            if addressing == "auto" and not _is_aws(str(self._client.meta.endpoint_url)):
-                # A non-AWS endpoint (option, AWS_ENDPOINT_URL, a profile's endpoint_url: RGW,
-                # MinIO, ...) rarely has wildcard DNS names for buckets: path style.
+            # A non-AWS endpoint (RGW, MinIO, ...) rarely has wildcard DNS names for buckets:
+            # path style. An endpoint the URL names is known before the client is built; one from
+            # AWS_ENDPOINT_URL(_S3) or a profile only once botocore has resolved it.
+            style = addressing
+            if addressing == "auto":
+                style = "path" if endpoint is not None and not _is_aws(endpoint) else "virtual"
+            self._client: Any = client(style)
+            if style == "virtual" and addressing == "auto" and not _is_aws(str(self._client.meta.endpoint_url)):
+                self._client.close()
                 self._client = client("path")
         except bex.BotoCoreError as err:
             raise BackendIOError(f"cannot set up the S3 client for bucket {bucket!r}: {err}") from err
