@@ -139,6 +139,11 @@ def _md5(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
+def _upload_digest(key: str, upload_id: str) -> str:
+    """What names the marker of a multipart upload (``~multipart/<digest>.<writer tag>``)."""
+    return hashlib.sha256(f"{key}\0{upload_id}".encode()).hexdigest()[:24]
+
+
 def _is_aws(endpoint: str) -> bool:
     host = urlsplit(endpoint).hostname or ""
     return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
@@ -253,11 +258,7 @@ class S3Backend:
         if isinstance(err, bex.ClientError):
             code, status = _code(err)
             if code == "NoSuchBucket":
-                return BackendIOError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}",
-                    hint="`cargohold init` creates it, or create it with your provider's tools "
-                    f"(e.g. `aws s3 mb s3://{self.bucket}`)",
-                )
+                return self._no_bucket()
             if code in ("NoSuchKey", "NotFound", "NoSuchUpload") or status == 404:
                 return ObjectNotFound(f"{what} does not exist")
             if code == "PreconditionFailed" or status == 412:
@@ -279,6 +280,13 @@ class S3Backend:
             return BackendIOError(f"S3 client error on {what}: {err}")
         # A connection broken while a body is read comes from urllib3 or the socket.
         return BackendIOError(f"S3 connection to {self.endpoint} failed on {what}: {err}", transient=True)
+
+    def _no_bucket(self) -> BackendIOError:
+        return BackendIOError(
+            f"bucket {self.bucket!r} does not exist at {self.endpoint}",
+            hint="`cargohold init` creates it, or create it with your provider's tools "
+            f"(e.g. `aws s3 mb s3://{self.bucket}`)",
+        )
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -399,11 +407,7 @@ class S3Backend:
         except _LOWER_ERRORS as err:
             self._raise(err, what)
         if not create:
-            raise BackendIOError(
-                f"bucket {self.bucket!r} does not exist at {self.endpoint}",
-                hint="`cargohold init` creates it, or create it with your provider's tools "
-                f"(e.g. `aws s3 mb s3://{self.bucket}`)",
-            )
+            raise self._no_bucket()
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.region != "us-east-1" and _is_aws(self.endpoint):
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
@@ -530,8 +534,7 @@ class S3Backend:
     # --- multipart uploads ------------------------------------------------------------
 
     def _marker_key(self, key: str, upload_id: str) -> str:
-        digest = hashlib.sha256(f"{key}\0{upload_id}".encode()).hexdigest()[:24]
-        return f"{self.prefix}{_MULTIPART_DIR}{digest}.{new_writer_tag()}"
+        return f"{self.prefix}{_MULTIPART_DIR}{_upload_digest(key, upload_id)}.{new_writer_tag()}"
 
     def _store_multipart(self, name: str, key: str, data: bytes | bytearray) -> None:
         what = self._where(name)
@@ -572,24 +575,22 @@ class S3Backend:
     def leftovers(self) -> Iterator[Leftover]:
         """Incomplete multipart uploads under the prefix, markers of finished ones a killed
         writer left, and create claims a killed writer left."""
-        markers: dict[str, tuple[str, int, float]] = {}
+        markers: dict[str, Leftover] = {}  # by the digest of their upload
         for mkey, size, modified in self._list_keys(self.prefix + _MULTIPART_DIR, f"multipart markers of {self.url}"):
-            digest = mkey.rsplit("/", 1)[1].split(".", 1)[0]
-            markers[digest] = (mkey, size, modified)
+            digest, _, tag = mkey.rsplit("/", 1)[1].partition(".")
+            markers[digest] = Leftover(
+                mkey[len(self.prefix) :], size, modified, parse_writer_tag(tag), "multipart marker"
+            )
         for key, upload_id, initiated in self._uploads():
-            digest = hashlib.sha256(f"{key}\0{upload_id}".encode()).hexdigest()[:24]
-            marker = markers.pop(digest, None)
-            writer = parse_writer_tag(marker[0].rsplit("/", 1)[1].split(".", 1)[1]) if marker else None
+            marker = markers.pop(_upload_digest(key, upload_id), None)
             yield Leftover(
                 key[len(self.prefix) :] + _UPLOAD_SEP + upload_id,
                 self._upload_size(key, upload_id),
                 initiated,
-                writer,
+                marker.writer if marker else None,
                 "multipart upload",
             )
-        for mkey, size, modified in markers.values():
-            tag = mkey.rsplit("/", 1)[1].split(".", 1)[1]
-            yield Leftover(mkey[len(self.prefix) :], size, modified, parse_writer_tag(tag), "multipart marker")
+        yield from markers.values()
         for ckey, size, modified in self._list_keys(self.prefix + _CLAIMS_DIR, f"create claims of {self.url}"):
             tag = ckey.rsplit("/", 1)[1].split("-", 1)[1]
             yield Leftover(ckey[len(self.prefix) :], size, modified, parse_writer_tag(tag), "create claim")
@@ -636,8 +637,8 @@ class S3Backend:
                 )
             except ObjectNotFound:
                 return False
-            digest = hashlib.sha256(f"{key}\0{upload_id}".encode()).hexdigest()[:24]
-            for mkey, _, _ in self._list_keys(f"{self.prefix}{_MULTIPART_DIR}{digest}.", "multipart markers"):
+            marker_prefix = f"{self.prefix}{_MULTIPART_DIR}{_upload_digest(key, upload_id)}."
+            for mkey, _, _ in self._list_keys(marker_prefix, "multipart markers"):
                 with contextlib.suppress(Exception):
                     self._client.delete_object(Bucket=self.bucket, Key=mkey)
             return True
