@@ -91,14 +91,6 @@ def open_from(url: str, password_file: str | None, target_password: str, *, opti
         r.close()
 
 
-def _lock_wait() -> float:
-    raw = os.environ.get(svc.LOCK_WAIT_ENV, "0") or "0"
-    try:
-        return float(raw)
-    except ValueError:
-        raise UsageError(f"{svc.LOCK_WAIT_ENV} must be a number of seconds") from None
-
-
 def _entry_json(e: copysvc.SnapshotCopy) -> dict[str, Any]:
     return {
         "source_id": e.source_id,
@@ -146,7 +138,7 @@ def copy_snapshots(
     selection = copysvc.Selection(
         refs=tuple(snapshot or ()), sources=tuple(source or ()), tags=tuple(tag or ()), latest=latest
     )
-    settings = copysvc.CopySettings(lock_wait=_lock_wait())
+    settings = copysvc.CopySettings(lock_wait=svc.lock_wait())
     target_password = password(password_file)
     target = svc.open_repository(repo_url(repo), target_password)
     try:

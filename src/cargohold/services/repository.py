@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from cargohold.backends import Backend, open_backend
+from cargohold.backends.counting import CountingBackend
 from cargohold.errors import (
     AmbiguousSnapshot,
     BackendError,
@@ -69,6 +70,7 @@ __all__ = [
     "key_passwd",
     "key_remove",
     "list_locks",
+    "lock_wait",
     "ls",
     "open_repository",
     "prune",
@@ -96,7 +98,8 @@ def resolve_repo_url(url: str | None) -> str:
     return url or os.environ.get(REPO_ENV) or default_repo_url()
 
 
-def _lock_wait() -> float:
+def lock_wait() -> float:
+    """Seconds to wait for a repository lock (``CARGOHOLD_LOCK_WAIT``; 0: fail at once)."""
     try:
         return float(os.environ.get(LOCK_WAIT_ENV, "0") or 0)
     except ValueError:
@@ -114,8 +117,13 @@ def _retry_budget() -> float:
     return budget
 
 
+def _open_store(url: str) -> CountingBackend:
+    """The store of ``url``: remote ones retried for ``CARGOHOLD_RETRY_BUDGET`` seconds."""
+    return storage.open_storage(url, retry_budget=_retry_budget())
+
+
 def locks_of(repo: Repository) -> LockManager:
-    return LockManager(repo.backend, wait=_lock_wait())
+    return LockManager(repo.backend, wait=lock_wait())
 
 
 def init_repository(
@@ -125,7 +133,7 @@ def init_repository(
     chunker parameters (:mod:`cargohold.repo.sharedparams`), so snapshots copy between them."""
     if not password:
         raise UsageError("an empty password is not allowed")
-    backend = storage.open_storage(url, retry_budget=_retry_budget())
+    backend = _open_store(url)
     kdf = kdf or keyslots.KdfParams.from_env()
     cache_dir, spec = _cache_for(backend, "default"), storage.spec_of(url, backend)
     if like is not None:
@@ -149,7 +157,7 @@ def open_repository(url: str, password: str, *, cache_dir: Path | Literal["defau
     """Open (without reading the index: the operations do that under their lock). Remote
     stores are retried; their index files, snapshots and trees are cached in ``cache_dir``
     (``"default"``: :func:`default_cache_dir`; None: no cache)."""
-    backend = storage.open_storage(url, retry_budget=_retry_budget())
+    backend = _open_store(url)
     return Repository.open(
         backend,
         password,
@@ -659,12 +667,12 @@ def key_passwd(repo: Repository, new_password: str) -> str:
 
 
 def list_locks(url: str) -> list[LockInfo]:
-    return LockManager(storage.open_storage(url, retry_budget=_retry_budget())).list()
+    return LockManager(_open_store(url)).list()
 
 
 def unlock(url: str, *, remove_all: bool = False) -> int:
     """Remove stale locks (or every lock with ``remove_all``); returns how many."""
-    mgr = LockManager(storage.open_storage(url, retry_budget=_retry_budget()))
+    mgr = LockManager(_open_store(url))
     return mgr.break_all() if remove_all else mgr.remove_stale()
 
 
