@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -412,3 +413,32 @@ def test_a_failed_store_removes_what_it_left_with_one_attempt() -> None:
     with pytest.raises(BackendIOError, match="reset"):
         storage.store_or_clean(backend, "data/x", b"12345678")
     assert inner.deletes == ["data/x"] and not list(inner.list(""))
+
+
+def test_snapshots_and_index_files_are_hashed_once_per_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object named by its SHA-256 is checked against its name once: by the repository
+    on a miss (then cached), by the cache on a hit — not a second time by its reader."""
+    import cargohold.repo.repository as repo_mod
+
+    cache = tmp_path / "cache"
+    repo, _ = _backup_twice(tmp_path, cache)
+    sids, names = repo.list_snapshot_ids(), repo.list_index_files()
+    hashed: list[int] = []
+    real = repo_mod.sha256_hex
+
+    def counted(data: bytes | memoryview) -> str:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(repo_mod, "sha256_hex", counted)
+    shutil.rmtree(cache)
+    assert repo.cache is not None
+    hits = repo.cache.hits
+    for expected in (len(sids) + len(names), 0):  # from the store, then from the cache
+        hashed.clear()
+        for sid in sids:
+            repo.load_snapshot(sid)
+        for name in names:
+            repo.read_index_file(name)
+        assert len(hashed) == expected
+    assert repo.cache.hits - hits == len(sids) + len(names)

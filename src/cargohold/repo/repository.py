@@ -550,13 +550,16 @@ class Repository:
 
     def _load_named(self, kind: str, name: str) -> bytes:
         """The object ``kind/name`` (an index file or a snapshot, named by the SHA-256 of
-        its bytes): from the cache when it has it intact, else loaded (and cached when it
-        matches its name)."""
+        its bytes), checked against its name once: from the cache when it has it intact
+        (the cache checks), else loaded, checked and cached. :class:`IntegrityError` when
+        it does not match its name."""
         cache = self.cache
         if cache is not None and (cached := cache.get(kind, name)) is not None:
             return cached
         stored = self.backend.load(f"{kind}/{name}")
-        if cache is not None and sha256_hex(stored) == name:
+        if sha256_hex(stored) != name:
+            raise IntegrityError(f"{kind}/{name}: content does not match its name")
+        if cache is not None:
             cache.put(kind, name, stored)
         return stored
 
@@ -566,8 +569,6 @@ class Repository:
             stored = self._load_named("index", name)
         except ObjectNotFound:
             raise IntegrityError(f"{what} is missing") from None
-        if sha256_hex(stored) != name:
-            raise IntegrityError(f"{what}: content does not match its name")
         return decode_index(decode_object(self.cipher, stored, AD_INDEX, what=what), what=what)
 
     def load_index(self) -> None:
@@ -679,8 +680,6 @@ class Repository:
             from cargohold.errors import SnapshotNotFound
 
             raise SnapshotNotFound(f"snapshot {sid} not found") from None
-        if sha256_hex(stored) != sid:
-            raise IntegrityError(f"{what}: content does not match its name")
         return Snapshot.decode(decode_object(self.cipher, stored, AD_SNAPSHOT, what=what), snap_id=sid)
 
     def snapshots(self, errors: dict[str, str] | None = None) -> list[Snapshot]:
