@@ -150,19 +150,20 @@ class Rgw(Server):
     kind = "s3"
 
     def __init__(self) -> None:
+        rgw_bed.sweep_orphans()  # gateways of runs killed before they stopped theirs
         self.base = rgw_bed.temp_base()  # short: the daemons' admin sockets live in it
         try:
             self.server = rgw_bed.start_rgw(self.base)
-        except BaseException:
+            self.log = self.base / "log" / "client.rgw.a.log"
+            # The gateway creates its pools with the first bucket and object (seconds): not
+            # something the first tool to run should pay for.
+            client = self.server.client()
+            client.create_bucket(Bucket="bench-warm-up")
+            client.put_object(Bucket="bench-warm-up", Key="x", Body=b"x")
+            self.server.remove_bucket("bench-warm-up")
+        except BaseException:  # not yet in bench()'s list of servers to stop
             rgw_bed.stop_rgw(self.base)
             raise
-        self.log = self.base / "log" / "client.rgw.a.log"
-        # The gateway creates its pools with the first bucket and object (seconds): not
-        # something the first tool to run should pay for.
-        client = self.server.client()
-        client.create_bucket(Bucket="bench-warm-up")
-        client.put_object(Bucket="bench-warm-up", Key="x", Body=b"x")
-        self.server.remove_bucket("bench-warm-up")
 
     def pids(self) -> list[int]:
         out = []
@@ -215,9 +216,14 @@ class Sshd(Server):
     alias = "bench-sftp"
 
     def __init__(self, work: Path) -> None:
+        sshd_bed.sweep_orphans()
         self.server = sshd_bed.start_sshd(sshd_bed.temp_base())
-        self.config = work / "ssh_config"
-        self.config.write_text(self.server.ssh_config(self.alias))
+        try:
+            self.config = work / "ssh_config"
+            self.config.write_text(self.server.ssh_config(self.alias))
+        except BaseException:  # not yet in bench()'s list of servers to stop
+            sshd_bed.stop_sshd(self.server.base)
+            raise
 
     def pids(self) -> list[int]:
         return [self.server.pid]
