@@ -159,10 +159,11 @@ def test_local_commands_do_not_import_paramiko() -> None:
 
 
 def test_server_answers_are_told_from_a_dead_channel() -> None:
-    from cargohold.backends.sftp import SFTPStatusError, _is_status_error, _raise_status
+    from cargohold.backends._sftp_session import is_status_error, raise_status
+    from cargohold.backends.sftp import SFTPStatusError
 
-    assert not _is_status_error(OSError("Socket is closed"))  # paramiko's word for a closed channel
+    assert not is_status_error(OSError("Socket is closed"))  # paramiko's word for a closed channel
     for code, cls in ((2, FileNotFoundError), (3, PermissionError), (4, SFTPStatusError)):
         with pytest.raises(cls) as err:
-            _raise_status(code, "text")
-        assert _is_status_error(err.value)
+            raise_status(code, "text")
+        assert is_status_error(err.value)
