@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import paramiko
 from paramiko.sftp_attr import SFTPAttributes
 
-from cargohold.backends._sftp_session import NoSFTP, Pool, Session, SFTPStatusError, is_status_error
+from cargohold.backends._sftp_session import NoSFTP, Pool, Session, SFTPStatusError
 from cargohold.backends._ssh import DEFAULT_TIMEOUT, SSHEnv, Target, connect, resolve
 from cargohold.backends.base import Leftover, ObjectInfo, check_name
 from cargohold.backends.leftovers import TMP_MARK, temp_leftover, temp_name, temp_path_parts
@@ -204,11 +204,9 @@ class SFTPBackend:
                 hint=f"check the owner and mode of the repository folder on the server "
                 f"(logged in as {self._resolve().user})",
             ) from err
-        except (TimeoutError, EOFError, paramiko.SSHException, ConnectionError) as err:
-            raise self._lost(err, what) from err
-        except OSError as err:
-            if is_status_error(err):
-                raise BackendIOError(f"{what} in {self.url}: the server says {err}") from err
+        except SFTPStatusError as err:  # another answer of the server: the channel is in step
+            raise BackendIOError(f"{what} in {self.url}: the server says {err}") from err
+        except (OSError, EOFError, paramiko.SSHException) as err:  # the connection failed
             raise self._lost(err, what) from err
 
     def _path(self, name: str) -> str:
