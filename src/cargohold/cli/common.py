@@ -66,20 +66,37 @@ def password(password_file: str | None, *, confirm: bool = False, env: str = svc
     return first
 
 
+def _s3_options() -> dict[str, str]:
+    state = current_state.get()
+    return state.s3_options if state is not None else {}
+
+
+def with_s3_options(url: str) -> str:
+    """``url`` with the S3 options of the command line (``--s3-endpoint``,
+    ``--s3-addressing``) put in when it is an s3:// URL; others as they are."""
+    s3 = _s3_options()
+    return url_with_options(url, s3) if s3 and url.lower().startswith("s3://") else url
+
+
 def repo_url(repo: str | None) -> str:
     """The repository URL of ``--repo`` (or its defaults) with the backend options given on
-    the command line (``--s3-endpoint``, ``--s3-addressing``) put into it."""
+    the command line (``--s3-endpoint``, ``--s3-addressing``) put into it; those options
+    with another kind of repository are an error."""
     url = svc.resolve_repo_url(repo)
+    if _s3_options() and not url.lower().startswith("s3://"):
+        raise UsageError(
+            f"--s3-endpoint/--s3-addressing apply to s3:// repositories, not {url}",
+            hint="drop those options or give an s3://BUCKET[/PREFIX] repository",
+        )
+    return with_s3_options(url)
+
+
+def debug_requests(what: str, counts: dict[str, int]) -> None:
+    """With ``--debug``: one line on stderr with the requests made to the store ``what``
+    (per operation, bytes up and down, retries)."""
     state = current_state.get()
-    s3 = state.s3_options if state is not None else {}
-    if s3:
-        if not url.lower().startswith("s3://"):
-            raise UsageError(
-                f"--s3-endpoint/--s3-addressing apply to s3:// repositories, not {url}",
-                hint="drop those options or give an s3://BUCKET[/PREFIX] repository",
-            )
-        url = url_with_options(url, s3)
-    return url
+    if state is not None and state.debug:
+        note(f"cargohold: debug: {what}: {requests_summary(counts)}")
 
 
 @contextmanager
@@ -91,9 +108,7 @@ def open_repo(repo: str | None, password_file: str | None) -> Iterator[Repositor
         yield r
     finally:
         r.close()
-        state = current_state.get()
-        if state is not None and state.debug:
-            note(f"cargohold: debug: {r.backend.url}: {requests_summary(r.request_counts())}")
+        debug_requests(r.backend.url, r.request_counts())
 
 
 class RichProgress:

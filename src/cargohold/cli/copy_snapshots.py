@@ -15,21 +15,20 @@ from typing import Annotated, Any
 
 import typer
 
-from cargohold.backends import url_with_options
-from cargohold.backends.counting import summary as requests_summary
 from cargohold.cli import exit_codes
 from cargohold.cli.common import (
     JsonOpt,
     PasswordFileOpt,
     ProgressOpt,
     RepoOpt,
+    debug_requests,
     note,
     password,
     progress_for,
     read_password_file,
     repo_url,
+    with_s3_options,
 )
-from cargohold.cli.context import current_state
 from cargohold.cli.output import human_bytes, print_json
 from cargohold.errors import RepositoryNotFound, UsageError, WrongPassword
 from cargohold.repo.repository import Repository
@@ -49,13 +48,6 @@ FromPasswordFileOpt = Annotated[
 ]
 
 
-def from_url(url: str) -> str:
-    """A source repository URL with the command line's S3 options put in when it is s3://."""
-    state = current_state.get()
-    s3 = state.s3_options if state is not None else {}
-    return url_with_options(url, s3) if s3 and url.lower().startswith("s3://") else url
-
-
 def from_password(password_file: str | None, target_password: str) -> tuple[str, bool]:
     """The source repository's password and whether it was given for it (else the target's)."""
     if password_file:
@@ -73,7 +65,7 @@ def open_from(url: str, password_file: str | None, target_password: str, *, opti
     and how to give the right password."""
     pw, own = from_password(password_file, target_password)
     try:
-        r = svc.open_repository(from_url(url), pw)
+        r = svc.open_repository(with_s3_options(url), pw)
     except RepositoryNotFound as err:
         err.hint = f"check {option} (the repository to copy from)"
         raise
@@ -147,10 +139,8 @@ def copy_snapshots(
             requests = {"from": src.request_counts(), "to": target.request_counts()}
     finally:
         target.close()
-    state = current_state.get()
-    if state is not None and state.debug:
-        note(f"cargohold: debug: from {src.backend.url}: {requests_summary(requests['from'])}")
-        note(f"cargohold: debug: to {target.backend.url}: {requests_summary(requests['to'])}")
+    debug_requests(f"from {src.backend.url}", requests["from"])
+    debug_requests(f"to {target.backend.url}", requests["to"])
     for sid, why in sorted(res.unreadable.items()):
         note(f"warning: snapshot {sid[:8]} of {src.backend.url} is damaged and was not copied: {why}")
     if json:
