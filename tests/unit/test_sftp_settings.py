@@ -114,6 +114,18 @@ def test_proxy_settings(tmp_path: Path) -> None:
     assert resolve("other", env=env).proxy_command == "nc other 22"
 
 
+def test_a_later_proxy_jump_hop_drops_its_own_proxy_settings(tmp_path: Path) -> None:
+    from cargohold.backends._ssh import _jump_target
+
+    env = _env(tmp_path, "Host hop2\n    HostName 192.0.2.7\n    ProxyJump hop1\n    ProxyCommand nc %h %p\n")
+    first = _jump_target("ssh://bob@hop2:2022", env, True, 7.0)
+    assert (first.hostname, first.port, first.user, first.connect_timeout) == ("192.0.2.7", 2022, "bob", 7.0)
+    assert first.proxy_jump == "hop1" and (first.proxy_command or "").startswith("nc 192.0.2.7 ")
+    later = _jump_target("ssh://bob@hop2:2022", env, False, 7.0)  # reached through the hop before it
+    assert (later.proxy_jump, later.proxy_command) == (None, None)
+    assert later == Target(**{**first.__dict__, "proxy_jump": None, "proxy_command": None})
+
+
 def _keygen(path: Path) -> str:
     """A new ed25519 key pair at ``path``; its public ``TYPE BASE64``."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import getpass
 import glob
 import hashlib
@@ -400,7 +401,7 @@ def _jump_target(spec: str, env: SSHEnv, first: bool, timeout: float) -> Target:
         port = int(p)
     jump = resolve(host, env=env, user=user or None, port=port, timeout=timeout)
     if not first:  # a later hop is reached through the one before: its own ProxyJump does not apply
-        jump = Target(**{**jump.__dict__, "proxy_jump": None, "proxy_command": None})
+        jump = dataclasses.replace(jump, proxy_jump=None, proxy_command=None)
     return jump
 
 
