@@ -158,6 +158,25 @@ def test_latest_and_source_select(
     assert copy_snapshots(src, dst3, Selection(tags=("nightly",))).snapshots == []
 
 
+def test_refs_are_resolved_in_the_snapshots_read_once(tmp_path: Path, three: tuple[Repository, list[str]]) -> None:
+    """Snapshot refs name snapshots of the listing the copy read under its lock: no further
+    listing or loading of the source's snapshots per ref (unless one was unreadable)."""
+    src, ids = three
+    dst = init(tmp_path / "dst", like=src)
+    copy_snapshots(src, dst)  # all of them: the refs below copy nothing
+
+    def source_reads(selection: Selection) -> tuple[int, int]:
+        before = src.request_counts()
+        res = copy_snapshots(src, dst, selection)
+        after = src.request_counts()
+        assert not res.copied
+        return after["list"] - before["list"], after["load"] - before["load"]
+
+    assert source_reads(Selection(refs=("latest", ids[1][:10], ids[0]))) == source_reads(Selection(refs=(ids[0],)))
+    with pytest.raises(SnapshotNotFound, match="no snapshot 'ffff'"):
+        copy_snapshots(src, dst, Selection(refs=("ffff",)))
+
+
 def test_second_copy_transfers_only_the_new_blobs(tmp_path: Path, sources: tuple[Path, Path]) -> None:
     a, _ = sources
     src = init(tmp_path / "src")

@@ -164,15 +164,21 @@ def identity(snap: Snapshot) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def select(repo: Repository, selection: Selection, everything: Sequence[Snapshot]) -> list[Snapshot]:
+def select(
+    repo: Repository, selection: Selection, everything: Sequence[Snapshot], *, complete: bool = False
+) -> list[Snapshot]:
     """The snapshots of ``everything`` (the repository's, oldest first) that ``selection``
     names, oldest first. A ``--source`` name without any snapshot is an error (a typo must not
-    look like an up-to-date copy); a ref that matches nothing too."""
+    look like an up-to-date copy); a ref that matches nothing too. ``complete``: every
+    snapshot of the repository was readable, so refs are resolved in ``everything`` without
+    reading the repository again (else as :func:`find_snapshot` does, which names the
+    damage a ref runs into)."""
     if selection.latest is not None and selection.latest < 1:
         raise UsageError("--latest must be at least 1")
     chosen = list(everything)
     if selection.refs:
-        wanted = {find_snapshot(repo, ref).id for ref in selection.refs}
+        among = everything if complete else None
+        wanted = {find_snapshot(repo, ref, among=among).id for ref in selection.refs}
         chosen = [s for s in chosen if s.id in wanted]
     if selection.sources:
         names = {s.source.name for s in everything}
@@ -218,7 +224,7 @@ def copy_snapshots(
         source_locks.shared(f"copy-snapshots to {target.backend.url}"),
     ):
         everything = source.snapshots(errors=result.unreadable)  # a damaged one stops no other
-        chosen = select(source, selection, everything)
+        chosen = select(source, selection, everything, complete=not result.unreadable)
         source.load_index()
         # Snapshots, then the index (as a backup reads its parents): a snapshot is written
         # after its index file, so every snapshot read here has its blobs in the index read next.

@@ -198,23 +198,33 @@ def snapshots(repo: Repository, *, source: str | None = None, tags: Sequence[str
     return out
 
 
-def find_snapshot(repo: Repository, ref: str, *, source: str | None = None) -> Snapshot:
-    """A snapshot by id, unique id prefix or ``latest`` (of ``source`` when given)."""
+def find_snapshot(
+    repo: Repository, ref: str, *, source: str | None = None, among: Sequence[Snapshot] | None = None
+) -> Snapshot:
+    """A snapshot by id, unique id prefix or ``latest`` (of ``source`` when given).
+    ``among``: every snapshot of ``repo`` (oldest first, all readable), when the caller has
+    read them already — then nothing is read again."""
     ref = ref.strip().lower()
     if not ref:
         raise UsageError("empty snapshot reference")
     if ref == "latest":
-        found = snapshots(repo, source=source)
+        if among is None:
+            found = snapshots(repo, source=source)
+        else:
+            found = [s for s in among if source is None or s.source.name == source]
         if not found:
             where = f" of source {source!r}" if source else ""
             raise SnapshotNotFound(f"no snapshot{where} in {repo.backend.url}")
         return found[-1]
-    ids = [i for i in repo.list_snapshot_ids() if i.startswith(ref)]
+    if among is None:
+        ids = [i for i in repo.list_snapshot_ids() if i.startswith(ref)]
+    else:
+        ids = [s.id for s in among if s.id.startswith(ref)]
     if not ids:
         raise SnapshotNotFound(f"no snapshot {ref!r} in {repo.backend.url}")
     if len(ids) > 1:
         raise AmbiguousSnapshot(f"{ref!r} matches {len(ids)} snapshots")
-    snap = repo.load_snapshot(ids[0])
+    snap = repo.load_snapshot(ids[0]) if among is None else next(s for s in among if s.id == ids[0])
     if source is not None and snap.source.name != source:
         raise SnapshotNotFound(f"snapshot {ref!r} is of {snap.source.name!r}, not {source!r}")
     return snap
