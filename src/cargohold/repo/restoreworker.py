@@ -59,31 +59,28 @@ class RestoreWorker:
         # while this process sends a report, and neither may wait for the other.
         inbox: _Inbox = queue.SimpleQueue()
         threading.Thread(target=self._receive, args=(inbox,), name="ch-inbox", daemon=True).start()
-        if len(self.writers) == 1:
-            self._work(self.writers[0], inbox)
-        else:
-            threads = [
-                threading.Thread(target=self._work, args=(w, inbox), name="ch-restore", daemon=True)
-                for w in self.writers
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        # This thread is the first writer; the others (remote stores) get threads of their own.
+        others = [
+            threading.Thread(target=self._work, args=(w, inbox), name="ch-restore", daemon=True)
+            for w in self.writers[1:]
+        ]
+        for t in others:
+            t.start()
+        self._work(self.writers[0], inbox)
+        for t in others:
+            t.join()
         if self._failures:
             raise self._failures[0]
         self.close()
         self.send(("bye", request_counts(self.backend, self.backend.counts)))
 
     def _work(self, writer: DataWriter, inbox: _Inbox) -> None:
-        """Write jobs until "stop" (passed on to the other writers) or a failure (passed on
-        too, so they stop after their current job)."""
+        """Write jobs until "stop" (passed on to the other writers) or a failure (noted for
+        :meth:`run` to raise, and passed on too, so they stop after their current job)."""
         while True:
             msg = inbox.get()
             if isinstance(msg, BaseException) or msg[0] == "stop":
                 inbox.put(msg)
-                if isinstance(msg, BaseException) and len(self.writers) == 1:
-                    raise msg
                 if isinstance(msg, BaseException):
                     self._failures.append(msg)
                 return
@@ -93,8 +90,6 @@ class RestoreWorker:
                 writer.report = WriteReport()
                 self.send(done)
             except BaseException as err:
-                if len(self.writers) == 1:
-                    raise
                 self._failures.append(err)
                 inbox.put(err)
                 return
