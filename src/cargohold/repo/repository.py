@@ -29,7 +29,6 @@ from typing import Any
 
 from cargohold.backends.base import Backend
 from cargohold.backends.counting import RequestCounts
-from cargohold.backends.local import LocalBackend
 from cargohold.errors import (
     BackendError,
     ConfigDamaged,
@@ -399,10 +398,7 @@ class Repository:
 
     def local_dir(self) -> Path | None:
         """The directory of a repository on a local file system (through any wrappers)."""
-        inner = storage.innermost(self.backend)
-        if isinstance(inner, storage.WholeObjectLocal):
-            inner = inner.local
-        return inner.root if isinstance(inner, LocalBackend) else None
+        return storage.local_root(self.backend)
 
     @contextlib.contextmanager
     def uncached(self) -> Iterator[None]:

@@ -55,6 +55,7 @@ class WholeObjectLocal:
 
     def __init__(self, root: Path) -> None:
         self.local = LocalBackend(root)
+        self.root = self.local.root
         self.url = url_with_options(self.local.url, {_STAGING: "no"})
 
     def __repr__(self) -> str:
@@ -122,6 +123,13 @@ def innermost(backend: Backend) -> object:
     while (nxt := getattr(inner, "inner", None)) is not None:
         inner = nxt
     return inner
+
+
+def local_root(backend: Backend) -> Path | None:
+    """The directory of a store on a local file system, staged or not (through any
+    wrappers), else None."""
+    inner = innermost(backend)
+    return inner.root if isinstance(inner, (LocalBackend, WholeObjectLocal)) else None
 
 
 def is_remote(backend: Backend) -> bool:
