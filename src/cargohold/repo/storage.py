@@ -106,22 +106,25 @@ def _open(url: str) -> Backend:
     return open_backend(url)
 
 
+def layers(backend: Backend) -> Iterator[object]:
+    """``backend``, then each store it wraps (``inner``), down to the innermost."""
+    b: object = backend
+    while b is not None:
+        yield b
+        b = getattr(b, "inner", None)
+
+
 def request_counts(backend: Backend, counts: RequestCounts) -> dict[str, int]:
     """``counts`` (of the requests made to ``backend``) with the retries that the
     :class:`RetryBackend` somewhere under ``backend`` made (they count themselves)."""
     out = counts.as_dict()
-    inner: object = backend
-    while inner is not None:
-        out["retries"] += int(getattr(inner, "retries", 0) or 0)
-        inner = getattr(inner, "inner", None)
+    out["retries"] += sum(int(getattr(b, "retries", 0) or 0) for b in layers(backend))
     return out
 
 
 def innermost(backend: Backend) -> object:
     """The store under any wrappers (retries, counting, faults)."""
-    inner: object = backend
-    while (nxt := getattr(inner, "inner", None)) is not None:
-        inner = nxt
+    *_, inner = layers(backend)
     return inner
 
 
@@ -167,12 +170,7 @@ def open_worker_storage(setup: dict[str, Any]) -> CountingBackend:
 
 def counts_of(backend: Backend) -> RequestCounts | None:
     """The request counter of the first counting wrapper of ``backend``, if any."""
-    b: object = backend
-    while b is not None:
-        if isinstance(b, CountingBackend):
-            return b.counts
-        b = getattr(b, "inner", None)
-    return None
+    return next((b.counts for b in layers(backend) if isinstance(b, CountingBackend)), None)
 
 
 def spec_of(url: str, backend: Backend) -> str | None:
@@ -201,12 +199,8 @@ def local_spec(backend: Backend) -> str | None:
 
 def retry_budget_of(backend: Backend) -> float:
     """The retry budget of the first retrying wrapper of ``backend`` (else the default)."""
-    b: object = backend
-    while b is not None:
-        if isinstance(b, RetryBackend) and b.budget is not None:
-            return b.budget
-        b = getattr(b, "inner", None)
-    return RETRY_BUDGET
+    budgets = (b.budget for b in layers(backend) if isinstance(b, RetryBackend) and b.budget is not None)
+    return next(budgets, RETRY_BUDGET)
 
 
 def store_or_clean(backend: Backend, name: str, data: bytes) -> None:
@@ -224,24 +218,14 @@ def store_or_clean(backend: Backend, name: str, data: bytes) -> None:
 def delete_once(backend: Backend, name: str) -> None:
     """Delete ``name`` with one attempt, under any retries: the clean-up after a failed
     write, which must not spend a second retry budget on a store that is unreachable."""
-    b: object = backend
-    while b is not None:
-        if isinstance(b, RetryBackend):
-            b.inner.delete(name)
-            return
-        b = getattr(b, "inner", None)
-    backend.delete(name)
+    retrying = next((b for b in layers(backend) if isinstance(b, RetryBackend)), None)
+    (retrying.inner if retrying is not None else backend).delete(name)
 
 
 def connections_of(backend: Backend) -> int:
     """How many parallel connections the store wants (1 when it does not say)."""
-    b: object = backend
-    while b is not None:
-        n = getattr(b, "connections", None)
-        if isinstance(n, int) and n > 0:
-            return n
-        b = getattr(b, "inner", None)
-    return 1
+    said = (n for b in layers(backend) if isinstance(n := getattr(b, "connections", None), int) and n > 0)
+    return next(said, 1)
 
 
 def uploads_per_process(connections: int, processes: int = 1) -> int:
