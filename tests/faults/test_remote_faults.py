@@ -111,18 +111,8 @@ class SftpServer(Server):
     def repo_url(self, proxy_port: int, name: str, home: Path) -> str:
         ssh = home / ".ssh"
         ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Path(self.sshd.host_public_key).read_text().split()[:2]
-        (ssh / "known_hosts").write_text(f"[127.0.0.1]:{proxy_port} {' '.join(key)}\n")
-        (ssh / "config").write_text(
-            "Host faulty\n"
-            "    HostName 127.0.0.1\n"
-            f"    Port {proxy_port}\n"
-            f"    User {self.sshd.user}\n"
-            f"    IdentityFile {self.sshd.client_key}\n"
-            "    IdentitiesOnly yes\n"
-            "    IdentityAgent none\n"
-            f"    UserKnownHostsFile {ssh / 'known_hosts'}\n"
-        )
+        (ssh / "known_hosts").write_text(self.sshd.known_hosts_line(proxy_port))
+        (ssh / "config").write_text(self.sshd.ssh_config("faulty", known_hosts=ssh / "known_hosts", port=proxy_port))
         # a short request timeout, so a stalled server costs less time than the default 30 s
         return f"sftp://faulty{self.sshd.data / name}?timeout={SFTP_TIMEOUT:g}"
 

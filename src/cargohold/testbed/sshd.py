@@ -78,18 +78,27 @@ class Sshd:
     def log_file(self) -> Path:
         return self.base / "sshd.log"
 
-    def ssh_config(self, alias: str, *, known_hosts: Path | None = None, key: Path | None = None) -> str:
-        """An ssh_config block naming this server ``alias``, with its key and known_hosts."""
+    def ssh_config(
+        self, alias: str, *, known_hosts: Path | None = None, key: Path | None = None, port: int | None = None
+    ) -> str:
+        """An ssh_config block naming this server ``alias``, with its key and known_hosts;
+        ``port``: another port that reaches it (a proxy's)."""
         return (
             f"Host {alias}\n"
             f"    HostName {self.host}\n"
-            f"    Port {self.port}\n"
+            f"    Port {port or self.port}\n"
             f"    User {self.user}\n"
             f"    IdentityFile {key or self.client_key}\n"
             f"    IdentitiesOnly yes\n"
             f"    IdentityAgent none\n"
             f"    UserKnownHostsFile {known_hosts or self.known_hosts}\n"
         )
+
+    def known_hosts_line(self, port: int | None = None) -> str:
+        """The known_hosts line of the server's host key at its address (``port``: another
+        port that reaches it, a proxy's)."""
+        key = self.host_public_key.read_text().split()[:2]
+        return f"[{self.host}]:{port or self.port} {' '.join(key)}\n"
 
     def session_pids(self) -> list[int]:
         """The sshd processes serving connections: every descendant of the listener."""
@@ -189,8 +198,6 @@ def start_sshd(base: Path | None = None, *, timeout: float = 15.0, sftp: bool = 
     last = ""
     for _attempt in range(3):  # a free port may be taken between our probe and sshd's bind
         port = free_port()
-        host_key = (base / "host_ed25519.pub").read_text().split()[:2]
-        (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
         (base / "sshd_config").write_text(_config(base, port, sftp))
         check = subprocess.run([str(SSHD), "-t", "-f", str(base / "sshd_config")], capture_output=True, text=True)
         if check.returncode != 0:
@@ -198,6 +205,7 @@ def start_sshd(base: Path | None = None, *, timeout: float = 15.0, sftp: bool = 
         log.info("starting sshd on 127.0.0.1:%d (state: %s)", port, base)
         proc = spawn_daemon([str(SSHD), "-D", "-f", str(base / "sshd_config"), "-E", str(base / "sshd.log")], None)
         sshd = Sshd(base=base, port=port, pid=proc.pid, user=user)
+        sshd.known_hosts.write_text(sshd.known_hosts_line())
         (base / "sshd.json").write_text(json.dumps({"port": port, "pid": proc.pid, "user": user}))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
