@@ -30,7 +30,9 @@ from typing import Any
 
 import pytest
 
+from cargohold.testbed._system import pid_in
 from cargohold.testbed.faultproxy import FaultProxy
+from cargohold.testbed.rgw import RgwServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -247,6 +249,11 @@ class S3Server(Server):
         self._pidfile.write_text(f"{self._respawned.pid}\n")
         _wait_listening(self.upstream, timeout=60)
 
+    def ensure_running(self) -> None:
+        """Start the gateway again if a test killed it and did not."""
+        if pid_in(self._pidfile) is None:
+            self.restart()
+
 
 _OBJECT_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -304,17 +311,17 @@ def sftp_server() -> Iterator[SftpServer]:
 
 
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    rgw_mod = pytest.importorskip("cargohold.testbed.rgw")
-    pytest.importorskip("cargohold.backends.s3")
-    # a gateway of our own: these tests kill and restart it (and those of dead test runs go first)
-    rgw_mod.sweep_orphans()
-    base = rgw_mod.temp_base()
-    rgw = rgw_mod.start_rgw(base)
+def s3_server(rgw_server: RgwServer) -> Iterator[S3Server]:
+    """The session's gateway (tests/conftest.py) with a bucket of these tests. A test kills its
+    radosgw and starts it again (the cluster stays); should one leave it dead, it is started
+    again here, for the tests that follow."""
+    server = S3Server(rgw_server)
     try:
-        yield S3Server(rgw)
+        yield server
     finally:
-        rgw_mod.stop_rgw(base)
+        server.ensure_running()
+        with contextlib.suppress(Exception):
+            rgw_server.remove_bucket(server.bucket)
 
 
 @pytest.fixture(params=["s3", "sftp"])
