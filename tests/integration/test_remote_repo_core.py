@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,24 +19,15 @@ from cargohold.repo.keys import KdfParams
 from cargohold.repo.repository import Repository
 from cargohold.repo.restorer import RestoreOptions, Restorer
 from cargohold.services import repository as svc
-from cargohold.testbed.sshd import Sshd
+
+if TYPE_CHECKING:
+    from conftest import RemoteRepo  # tests/conftest.py (the remote_repo fixture)
 
 
-@pytest.fixture(params=["s3", "sftp"])
-def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "s3":
-        request.getfixturevalue("s3_env")
-        bucket: str = request.getfixturevalue("s3_bucket")
-        yield f"s3://{bucket}/core"
-        return
-    sshd: Sshd = request.getfixturevalue("sshd_server")
-    config = tmp_path / "ssh_config"
-    config.write_text(sshd.ssh_config("core-sftp"))
-    folder = sshd.data / f"core-{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"sftp://core-sftp{folder}?ssh_config={config}"
-    finally:
-        subprocess.run(["rm", "-rf", str(folder)], check=False)
+@pytest.fixture
+def remote_url(remote_repo: RemoteRepo) -> str:
+    """A fresh repository location on RGW (S3) and on sshd (SFTP), as this process opens it."""
+    return remote_repo.store_url
 
 
 def _source(root: Path) -> None:
