@@ -170,7 +170,7 @@ class SftpServer(Server):
 class S3Server(Server):
     kind = "s3"
 
-    def __init__(self, rgw: Any) -> None:
+    def __init__(self, rgw: RgwServer) -> None:
         self.rgw = rgw
         endpoint = str(rgw.endpoint)
         host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
@@ -182,17 +182,7 @@ class S3Server(Server):
         self.client().create_bucket(Bucket=self.bucket)
 
     def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.rgw.endpoint,
-            aws_access_key_id=self.rgw.access_key,
-            aws_secret_access_key=self.rgw.secret_key,
-            region_name=self.rgw.region,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
-        )
+        return self.rgw.client(s3={"addressing_style": "path"}, retries={"max_attempts": 2})
 
     def repo_url(self, proxy_port: int, name: str, home: Path) -> str:
         return f"s3://{self.bucket}/{name}?endpoint=http://127.0.0.1:{proxy_port}&addressing=path"
@@ -219,15 +209,8 @@ class S3Server(Server):
         return {o["Key"][len(name) + 1 :] for page in pages for o in page.get("Contents", [])}
 
     def cleanup(self, name: str) -> None:
-        s3 = self.client()
         with contextlib.suppress(Exception):
-            for u in s3.list_multipart_uploads(Bucket=self.bucket, Prefix=f"{name}/").get("Uploads", []):
-                s3.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{name}/")
-            for page in pages:
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if keys:
-                    s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+            self.rgw.empty_bucket(self.bucket, f"{name}/")
 
     def kill(self) -> None:
         pid = int(self._pidfile.read_text())

@@ -70,28 +70,37 @@ class RgwServer:
     limited_access_key: str = LIMITED_ACCESS_KEY
     limited_secret_key: str = LIMITED_SECRET_KEY
 
-    def client(self) -> Any:
-        """A plain boto3 S3 client of the test user (to make and empty buckets in tests)."""
+    def client(self, **config: Any) -> Any:
+        """A plain boto3 S3 client of the test user (to make and empty buckets in tests);
+        ``config``: botocore ``Config`` options (``s3={"addressing_style": "path"}``, ...)."""
         import boto3
+        from botocore.config import Config
 
-        return boto3.client(
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
+            config=Config(**config) if config else None,
         )
+
+    def empty_bucket(self, bucket: str, prefix: str = "") -> None:
+        """Abort the multipart uploads and delete the keys under ``prefix`` (all by default)."""
+        c = self.client()
+        for page in c.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            for up in page.get("Uploads", []):
+                c.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", [])]:
+                failed = c.delete_objects(Bucket=bucket, Delete={"Objects": keys}).get("Errors")
+                if failed:
+                    raise TestbedError(f"cannot delete {len(failed)} object(s) of bucket {bucket}: {failed[0]}")
 
     def remove_bucket(self, bucket: str) -> None:
         """Abort the bucket's multipart uploads, delete every key, then the bucket."""
-        c = self.client()
-        for page in c.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
-            for up in page.get("Uploads", []):
-                c.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                c.delete_object(Bucket=bucket, Key=obj["Key"])
-        c.delete_bucket(Bucket=bucket)
+        self.empty_bucket(bucket)
+        self.client().delete_bucket(Bucket=bucket)
 
     def env(self) -> dict[str, str]:
         """The environment a client needs (the standard AWS variables)."""
