@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from cargohold.testbed._system import pid_in
+from cargohold.testbed._system import pid_in, wait_gone
 from cargohold.testbed.faultproxy import FaultProxy
 from cargohold.testbed.rgw import RgwServer
 
@@ -150,7 +150,8 @@ class SftpServer(Server):
 
     def kill(self) -> None:
         _kill9([self._pid, *self.sessions()])
-        _wait_gone(self._pid)
+        gone = wait_gone(self._pid, 10)
+        assert gone, f"sshd (pid {self._pid}) did not die"
 
     def restart(self) -> None:
         self._respawned = subprocess.Popen(
@@ -215,7 +216,8 @@ class S3Server(Server):
     def kill(self) -> None:
         pid = int(self._pidfile.read_text())
         _kill9([pid])
-        _wait_gone(pid)
+        gone = wait_gone(pid, 10)
+        assert gone, f"radosgw (pid {pid}) did not die"
 
     def restart(self) -> None:
         self._respawned = subprocess.Popen(
@@ -248,21 +250,6 @@ def _looks_temporary(name: str) -> bool:
 
 def _children(pid: int) -> list[int]:
     return [p for p, _ in descendants(pid)]
-
-
-def _wait_gone(pid: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"pid {pid} did not die")
 
 
 def _wait_listening(addr: tuple[str, int], timeout: float = 20) -> None:

@@ -165,15 +165,17 @@ def stop_pid(pid: int, what: str, *, timeout: float = 10.0) -> bool:
     wait a little more). True when it is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, timeout):
+    if not wait_gone(pid, timeout):
         log.warning("%s (pid %d) ignored SIGTERM; killing it", what, pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        return _wait_gone(pid, 5.0)
+        return wait_gone(pid, 5.0)
     return True
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for process ``pid`` to end (reaping the daemons we
+    started); whether it has."""
     deadline = time.monotonic() + timeout
     while True:
         reap()
