@@ -32,7 +32,7 @@ from cargohold.backends.sftp import SFTPBackend
 from cargohold.cli import exit_codes
 from cargohold.errors import BackendIOError, ObjectExists
 from cargohold.testbed._system import apt_install
-from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd
+from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd, temp_base
 
 
 @pytest.fixture
@@ -254,7 +254,8 @@ def _askpass(tmp_path: Path) -> Path:
 
 
 def test_a_server_without_sftp_is_a_clear_error(tmp_path: Path, folder: Path) -> None:
-    server = start_sshd(tmp_path / "nosftp", sftp=False)
+    base = temp_base()  # a killed run's server is stopped by the next (sweep_orphans)
+    server = start_sshd(base, sftp=False)
     try:
         config = config_file(tmp_path, server.ssh_config("it-sftp"))
         b = backend("/srv/repo", config)
@@ -263,7 +264,7 @@ def test_a_server_without_sftp_is_a_clear_error(tmp_path: Path, folder: Path) ->
         b.close()
         assert "offers no SFTP service" in str(err.value) and not err.value.transient
     finally:
-        stop_sshd(server.base)
+        stop_sshd(base)
 
 
 def _strace_installed() -> str:
@@ -286,7 +287,7 @@ def _events(strace_out: str, folder: Path) -> list[str]:
     fd_of: dict[str, str] = {}
     events: list[str] = []
     for line in strace_out.splitlines():
-        line = line.split(" ", 1)[1] if " " in line else line
+        line = line.split(maxsplit=1)[1] if " " in line else line  # strace pads a short pid with spaces
         fsync = re.match(r"fsync\((\d+)\)\s+= 0", line)
         if fsync:
             events.append(f"fsync {fd_of.get(fsync.group(1), '?')}")
