@@ -348,41 +348,38 @@ class Connection:
 def connect(target: Target, env: SSHEnv, *, timeout: float | None = None, _depth: int = 0) -> Connection:
     """An authenticated connection to ``target`` (host key checked), or a BackendIOError."""
     io_timeout = timeout if timeout is not None else target.connect_timeout
-    through: list[Connection] = []
+    through: list[Connection] = []  # the jump hosts' connections, closed again on any failure
     sock: Any
     try:
-        if target.proxy_jump:
-            if _depth >= _MAX_JUMPS:
-                raise BackendIOError(f"more than {_MAX_JUMPS} ProxyJump hops to reach {target.alias}")
-            hop: Connection | None = None
-            for spec in target.proxy_jump.split(","):
-                jump_target = _jump_target(spec.strip(), env, hop is None, target.connect_timeout)
-                if hop is None:
-                    hop = connect(jump_target, env, timeout=timeout, _depth=_depth + 1)
-                else:
-                    hop = _connect_via(hop, jump_target, env, io_timeout)
-                through.append(hop)
-            assert hop is not None
-            sock = hop.transport.open_channel(
-                "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0), timeout=target.connect_timeout
-            )
-        elif target.proxy_command:
-            sock = paramiko.ProxyCommand(target.proxy_command)
-        else:
-            sock = socket.create_connection((target.hostname, target.port), timeout=target.connect_timeout)
-    except BackendIOError:
-        for c in through:
-            c.close()
-        raise
-    except (OSError, paramiko.SSHException, EOFError) as err:
-        for c in through:
-            c.close()
-        raise _unreachable(target, err) from err
-    try:
-        return Connection(_handshake(sock, target, env, io_timeout), through)
+        try:
+            if target.proxy_jump:
+                if _depth >= _MAX_JUMPS:
+                    raise BackendIOError(f"more than {_MAX_JUMPS} ProxyJump hops to reach {target.alias}")
+                hop: Connection | None = None
+                for spec in target.proxy_jump.split(","):
+                    jump_target = _jump_target(spec.strip(), env, hop is None, target.connect_timeout)
+                    if hop is None:
+                        hop = connect(jump_target, env, timeout=timeout, _depth=_depth + 1)
+                    else:
+                        hop = _connect_via(hop, jump_target, env, io_timeout)
+                    through.append(hop)
+                assert hop is not None
+                sock = hop.transport.open_channel(
+                    "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0), timeout=target.connect_timeout
+                )
+            elif target.proxy_command:
+                sock = paramiko.ProxyCommand(target.proxy_command)
+            else:
+                sock = socket.create_connection((target.hostname, target.port), timeout=target.connect_timeout)
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            raise _unreachable(target, err) from err
+        try:
+            return Connection(_handshake(sock, target, env, io_timeout), through)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                sock.close()
+            raise
     except BaseException:
-        with contextlib.suppress(Exception):
-            sock.close()
         for c in through:
             c.close()
         raise
