@@ -301,3 +301,16 @@ def test_register_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_errors_are_cargohold_errors() -> None:
     for exc in (BackendIOError, ObjectExists, ObjectNotFound, UsageError):
         assert issubclass(exc, CargoholdError)
+
+
+def test_wrappers_say_the_connections_of_the_store_they_wrap() -> None:
+    """The wrappers keep no copy of ``connections``: storage.connections_of finds the wrapped
+    store's (or 1 when it says none) through any stack of them."""
+    from cargohold.backends.counting import CountingBackend
+    from cargohold.repo.storage import connections_of
+
+    wide = MemoryBackend()
+    wide.connections = 8  # type: ignore[attr-defined]
+    for inner, n in ((wide, 8), (MemoryBackend(), 1)):
+        assert connections_of(CountingBackend(RetryBackend(FaultBackend(inner)))) == n
+        assert connections_of(RetryBackend(inner)) == connections_of(CountingBackend(inner)) == n

@@ -88,10 +88,6 @@ class CountingBackend:
     def __repr__(self) -> str:
         return f"CountingBackend({self.inner!r})"
 
-    @property
-    def connections(self) -> int:
-        return int(getattr(self.inner, "connections", 1) or 1)
-
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self.inner.load(name, offset, length)
         self.counts.add("load", down=len(data))

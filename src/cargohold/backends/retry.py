@@ -48,8 +48,6 @@ class RetryBackend:
             raise ValueError("attempts must be >= 1")
         self.inner = inner
         self.url = inner.url
-        #: How many parallel connections the store wants (the inner backend's, else 1).
-        self.connections: int = int(getattr(inner, "connections", 1) or 1)
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
