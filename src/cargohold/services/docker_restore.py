@@ -183,15 +183,17 @@ def restore_volume(
         # every check (dumps, container, image on this engine) before anything is created
         dump_plan = plan_dump(docker, snapshot, req.from_dump or None)
     engine = docker.engine_info()
+    created = False
     try:
         volume = docker.inspect_volume(req.to)
     except VolumeNotFound:
         volume = _create_volume(docker, req.to, meta)
-    else:
-        return _restore_into(repo, docker, endpoint, snapshot, req, volume, False, engine, dump_plan)
+        created = True
     try:
-        return _restore_into(repo, docker, endpoint, snapshot, req, volume, True, engine, dump_plan)
+        return _restore_into(repo, docker, endpoint, snapshot, req, volume, created, engine, dump_plan)
     except BaseException as err:
+        if not created:
+            raise
         # Nothing half-done: a volume this restore created goes again when the restore fails (a
         # repository that became unreachable, an interrupt, a dump that does not load), so the
         # same command can simply be run again — no --force, no safety snapshot of half a restore.
