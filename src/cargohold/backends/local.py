@@ -26,6 +26,8 @@ from cargohold.errors import BackendError, BackendIOError, ObjectExists, ObjectN
 
 _TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+#: A directory's entries (an alias: ``list`` is a method of the backend).
+_Entries = list[os.DirEntry[str]]
 
 
 def translate_oserror(err: OSError, what: str) -> BackendError:
@@ -243,19 +245,23 @@ class LocalBackend:
         start = self.root / base if base else self.root
         yield from self._walk(start, base, prefix, set())
 
-    def _walk(self, directory: Path, rel: str, prefix: str, seen: set[tuple[int, int]]) -> Iterator[ObjectInfo]:
+    def _entries(self, directory: Path, rel: str, seen: set[tuple[int, int]]) -> _Entries:
+        """The entries of ``directory`` (``rel`` in the store) by name; none when it is gone or
+        was ``seen`` already (a symbolic link loop)."""
         try:
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen:
-                return
+                return []
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                return sorted(it, key=lambda e: e.name)
         except OSError as err:
             if err.errno in _NOT_FOUND:
-                return
+                return []
             raise translate_oserror(err, f"directory {rel or '.'!r} in {self.url}") from err
-        for entry in entries:
+
+    def _walk(self, directory: Path, rel: str, prefix: str, seen: set[tuple[int, int]]) -> Iterator[ObjectInfo]:
+        for entry in self._entries(directory, rel, seen):
             if TMP_MARK in entry.name:
                 continue
             name = rel + entry.name
@@ -295,18 +301,7 @@ class LocalBackend:
         yield from self._walk_leftovers(self.root, "", set())
 
     def _walk_leftovers(self, directory: Path, rel: str, seen: set[tuple[int, int]]) -> Iterator[Leftover]:
-        try:
-            st = os.stat(directory)
-            if (st.st_dev, st.st_ino) in seen:
-                return
-            seen.add((st.st_dev, st.st_ino))
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as err:
-            if err.errno in _NOT_FOUND:
-                return
-            raise translate_oserror(err, f"directory {rel or '.'!r} in {self.url}") from err
-        for entry in entries:
+        for entry in self._entries(directory, rel, seen):
             try:
                 if TMP_MARK not in entry.name:
                     if entry.is_dir():
