@@ -21,6 +21,10 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cargohold.testbed.rgw import RgwServer
 
 PACK = 16 << 20
 THREADS = 8
@@ -137,15 +141,23 @@ def main() -> int:
     if args.child:
         _child(args.child[0], args.child[1], args.packs, args.small)
         return 0
-    import boto3
+    from cargohold.testbed.rgw import rgw_status, start_rgw, stop_rgw
 
-    from cargohold.testbed.rgw import start_rgw
-
+    ours = rgw_status() is None  # else the one `python -m cargohold.testbed rgw start` runs: left running
     server = start_rgw()
+    try:
+        results = _compare(server, args.packs, args.small)
+    finally:
+        if ours:
+            stop_rgw()
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def _compare(server: RgwServer, n_packs: int, n_small: int) -> dict[str, object]:
     env = {**os.environ, **server.env()}
-    os.environ.update(server.env())
-    s3 = boto3.client("s3")
-    results = {}
+    s3 = server.client()
+    results: dict[str, object] = {}
     for client in ("boto3", "obstore"):
         # an empty process: the import time of the client alone
         t = time.perf_counter()
@@ -155,17 +167,12 @@ def main() -> int:
         s3.create_bucket(Bucket=bucket)
         try:
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", client, bucket, "--packs", str(args.packs),
-                 "--small", str(args.small)], env=env, capture_output=True, text=True, check=True)
+                [sys.executable, __file__, "--child", client, bucket, "--packs", str(n_packs),
+                 "--small", str(n_small)], env=env, capture_output=True, text=True, check=True)
             results[client] = {"python_plus_import_s": cold, **json.loads(proc.stdout)}
         finally:
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if keys:
-                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-            s3.delete_bucket(Bucket=bucket)
-    print(json.dumps(results, indent=1))
-    return 0
+            server.remove_bucket(bucket)
+    return results
 
 
 if __name__ == "__main__":
