@@ -315,21 +315,7 @@ def test_a_restore_from_a_locked_remote_repository_changes_nothing(
     assert docker_port.inspect_container(user).state == "running"
 
 
-@pytest.mark.parametrize(
-    "via",
-    [
-        pytest.param(
-            "direct",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="repo/restoredata.py counts a pack the unreachable store could not deliver "
-                "as damage (exit 9, 'damaged: … unreadable: S3 connection … failed') instead of "
-                "failing the restore (exit 12): reported to the repository core's authors",
-            ),
-        ),
-        "api",
-    ],
-)
+@pytest.mark.parametrize("via", ["direct", "api"])
 def test_a_restore_cut_off_from_the_repository_leaves_no_half_volume(
     s3_env: RgwServer, s3_bucket: str, tmp_path: Path, docker_port: SdkDocker, resources: Resources,
     busybox_image: str, remote_repo_type: type[RemoteRepo], via: str,

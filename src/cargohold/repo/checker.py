@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from cargohold.backends.base import leftovers_of
 from cargohold.backends.leftovers import Verdict
-from cargohold.errors import BackendError, IntegrityError, ObjectNotFound, UnsupportedFormat
+from cargohold.errors import BackendError, BackendIOError, IntegrityError, ObjectNotFound, UnsupportedFormat
 from cargohold.repo.format import BlobType, decode_blob, pack_name, sha256_hex
 from cargohold.repo.index import PackRecord
 from cargohold.repo.locks import LockManager
@@ -190,8 +190,14 @@ class Checker:
     def _read_packs(self, packs: list[PackRecord]) -> None:
         self.progress.start("read data", sum(p.size for p in packs))
         with ThreadPoolExecutor(self.workers) as pool:
-            for _ in pool.map(self._read_pack, packs):
-                pass
+            reads = [pool.submit(self._read_pack, p) for p in packs]
+            try:
+                for r in reads:
+                    r.result()
+            except BaseException:  # an unreachable store (or an interrupt): no more reads
+                for r in reads:
+                    r.cancel()
+                raise
         self.progress.finish()
 
     def _read_pack(self, rec: PackRecord) -> None:
@@ -200,6 +206,12 @@ class Checker:
             data = self.repo.backend.load(name)
         except ObjectNotFound:
             return  # reported already
+        except BackendIOError as err:
+            if err.transient:  # the store is unreachable (its retries are spent): no verdict
+                raise
+            self._damage("pack", name, f"unreadable: {err}")
+            self._mark_pack_bad(rec, f"pack {rec.id.hex()[:12]} unreadable")
+            return
         except BackendError as err:
             self._damage("pack", name, f"unreadable: {err}")
             self._mark_pack_bad(rec, f"pack {rec.id.hex()[:12]} unreadable")

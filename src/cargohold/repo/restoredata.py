@@ -1,9 +1,15 @@
 """The data phase of a restore: needed blobs read pack by pack, checked, written to files.
 
 The restorer plans which blobs go where (:data:`Job`: one pack and the blobs needed from
-it); a :class:`DataWriter` carries a job out: one ranged read per dense span of the pack,
-decrypt, decompress, check the blob id, ``pwrite`` to every place that needs it. A blob
-that cannot be read damages only the files that need it (:class:`WriteReport`).
+it); a :class:`DataWriter` carries a job out: one ranged read per dense span of the pack
+(:meth:`DataWriter.fetch`), then decrypt, decompress, check the blob id, ``pwrite`` to every
+place that needs it (:meth:`DataWriter.apply`). A blob that cannot be read damages only the
+files that need it (:class:`WriteReport`); a store that stays unreachable once its retries
+are spent fails the restore instead (it says nothing about the data).
+
+From a remote store one thread per process decodes and writes while ``reads`` threads
+fetch the next jobs' spans (:func:`write_jobs`): the network waits overlap, and the
+decoding is not spread over threads that would wait for each other's interpreter lock.
 
 Two ways to run the writers: threads in this process (small restores, and repositories
 another process cannot open), or :class:`ProcessWriters` — this process and worker
@@ -24,12 +30,13 @@ import subprocess
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from cargohold.backends.counting import RequestCounts
-from cargohold.errors import BackendError, IntegrityError
+from cargohold.errors import BackendError, BackendIOError, IntegrityError
 from cargohold.repo.child import WorkerFailed, child_error, died, spawn
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType, decode_blob, pack_name
@@ -50,6 +57,8 @@ Target = tuple[bytes, str, "int | None", list[tuple[int, int, int]]]
 BlobJob = tuple[bytes, int, int, int, list[Target]]
 #: (pack id, the blobs needed from it).
 Job = tuple[bytes, list[BlobJob]]
+#: (pack id, [(blobs of a span, the span's offset in the pack, its bytes or why not)]).
+Fetched = tuple[bytes, list[tuple[list[BlobJob], int, "bytes | BackendError"]]]
 
 
 @dataclass
@@ -95,6 +104,12 @@ class DataWriter:
 
     def write(self, job: Job) -> None:
         """Carry out one job of :func:`split_jobs` (its blobs in pack order)."""
+        self.apply(self.fetch(job))
+
+    def fetch(self, job: Job) -> Fetched:
+        """Read the spans of the pack that ``job`` needs: the I/O half of :meth:`write`,
+        which another thread may do. A span that cannot be read is kept as its error
+        (damage to report), unless the store is unreachable: raised."""
         pack, blobs = job
         groups: list[list[BlobJob]] = [[blobs[0]]]
         needed = blobs[0][2]
@@ -108,14 +123,27 @@ class DataWriter:
                 groups.append([b])
                 needed = b[2]
         name = pack_name(pack)
+        spans: list[tuple[list[BlobJob], int, bytes | BackendError]] = []
         for g in groups:
             start = g[0][1]
             end = g[-1][1] + g[-1][2]
             try:
-                data = self._load(name, start, end - start)
+                spans.append((g, start, self._load(name, start, end - start)))
+            except BackendIOError as err:
+                if err.transient:  # still failing once the retries were spent: not the pack's fault
+                    raise
+                spans.append((g, start, err))
             except BackendError as err:
+                spans.append((g, start, err))
+        return pack, spans
+
+    def apply(self, fetched: Fetched) -> None:
+        """Check the blobs of fetched spans and write them where they go."""
+        pack, spans = fetched
+        for g, start, data in spans:
+            if isinstance(data, BackendError):
                 for b in g:
-                    self._damage(b, f"pack {pack.hex()} unreadable: {err}")
+                    self._damage(b, f"pack {pack.hex()} unreadable: {data}")
                 continue
             view = memoryview(data)
             for b in g:
@@ -197,6 +225,47 @@ def split_jobs(by_pack: dict[bytes, list[BlobJob]]) -> list[Job]:
     return jobs
 
 
+def write_jobs(
+    writer: DataWriter,
+    take: Callable[[], Job | None],
+    reads: int = 1,
+    *,
+    done: Callable[[], None] | None = None,
+) -> None:
+    """Write the jobs ``take`` hands out until it returns None: one after the other, or,
+    with ``reads`` > 1, with that many jobs being fetched by threads while this one applies
+    the oldest fetched (in order). ``done`` is called after each job. Closes the writer's
+    files at the end."""
+    try:
+        if reads <= 1:
+            while (job := take()) is not None:
+                writer.write(job)
+                if done is not None:
+                    done()
+            return
+        with ThreadPoolExecutor(reads, thread_name_prefix="ch-read") as pool:
+            fetching: collections.deque[Future[Fetched]] = collections.deque()
+            more = True  # ``take`` is not asked again once it said None
+            try:
+                while True:
+                    while more and len(fetching) < reads:
+                        job = take()
+                        if job is None:
+                            more = False
+                        else:
+                            fetching.append(pool.submit(writer.fetch, job))
+                    if not fetching:
+                        return
+                    writer.apply(fetching.popleft().result())
+                    if done is not None:
+                        done()
+            finally:
+                for f in fetching:
+                    f.cancel()
+    finally:
+        writer.close()
+
+
 class _Jobs:
     """The jobs left, taken by every writer in turn; none once one of them failed."""
 
@@ -219,24 +288,21 @@ class _Jobs:
             self.failures.append(err)
             return len(self.failures) == 1
 
-    def write_all(self, writer: DataWriter) -> None:
+    def write_all(self, writer: DataWriter, reads: int = 1) -> None:
         """Take and write jobs until none is left (or one writer failed)."""
-        try:
-            while (job := self.take()) is not None:
-                writer.write(job)
-        finally:
-            writer.close()
+        write_jobs(writer, self.take, reads)
 
 
-def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int) -> WriteReport:
-    """Carry the jobs out with ``n`` threads, each with its own writer."""
+def write_in_threads(jobs: list[Job], make: Callable[[], DataWriter], n: int, reads: int = 1) -> WriteReport:
+    """Carry the jobs out with ``n`` threads, each with its own writer fetching ``reads``
+    jobs ahead (:func:`write_jobs`)."""
     todo = _Jobs()
     todo.add(jobs)
     writers = [make() for _ in range(max(1, min(n, len(jobs))))]
 
     def work(writer: DataWriter) -> None:
         try:
-            todo.write_all(writer)
+            todo.write_all(writer, reads)
         except BaseException as err:
             todo.fail(err)
 
@@ -266,7 +332,8 @@ class ProcessWriters:
     jobs are known (their start-up overlaps the restorer's walk), then :meth:`run` once,
     or :meth:`abort`.
 
-    A worker holds a job per writer thread (``setup["threads"]``) plus :data:`_AHEAD` at a
+    Every process fetches ``setup["reads"]`` jobs ahead of the one it writes
+    (:func:`write_jobs`). A worker holds that many plus :data:`_AHEAD` at a
     time and reports every job done, and its request counts at the end (added to
     ``counts``); this process's
     interpreter lock is free for its own writer, as the other threads only pass messages.
@@ -274,7 +341,8 @@ class ProcessWriters:
 
     def __init__(self, setup: dict[str, Any], n: int, counts: RequestCounts | None = None) -> None:
         self._procs: list[tuple[subprocess.Popen[bytes], Connection]] = []
-        self._ahead = max(1, int(setup.get("threads", 1))) + _AHEAD
+        self._reads = max(1, int(setup.get("reads", 1)))
+        self._ahead = self._reads + _AHEAD
         self._counts = counts
         self._lock = threading.Lock()  # for the report
         self._jobs = _Jobs()
@@ -305,7 +373,7 @@ class ProcessWriters:
             for t in threads:
                 t.start()
             own = make()
-            self._jobs.write_all(own)
+            self._jobs.write_all(own, self._reads)
             for t in threads:
                 t.join()
             with self._lock:

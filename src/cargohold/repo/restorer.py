@@ -296,9 +296,9 @@ class Restorer:
         if setup is None:
             return None
         repo = self.repo
-        threads = readers_per_process(repo.connections, max(1, self.opts.workers - 1), remote=repo.remote)
+        reads = readers_per_process(repo.connections, self.opts.workers, remote=repo.remote)
         try:
-            return ProcessWriters({**setup, "threads": threads}, self.opts.workers, repo.requests)
+            return ProcessWriters({**setup, "reads": reads}, self.opts.workers, repo.requests)
         except (OSError, WorkerFailed):  # no process to be had (limits, no interpreter): threads
             return None
 
@@ -322,8 +322,10 @@ class Restorer:
         if writers is not None:
             report = writers.run(jobs, writer, progress.advance)
         else:
-            threads = readers_per_process(repo.connections, remote=repo.remote)
-            report = write_in_threads(jobs, writer, max(self.opts.workers, threads))
+            reads = readers_per_process(repo.connections, remote=repo.remote)
+            # remote: one thread decodes while the others fetch; local: a writer per worker
+            threads = 1 if reads > 1 else self.opts.workers
+            report = write_in_threads(jobs, writer, threads, reads)
         self._created = report.created
         for rel, why in report.damaged.items():
             self.result.damaged.setdefault(rel, why)

@@ -4,7 +4,7 @@ Started by :class:`cargohold.repo.restoredata.ProcessWriters` as
 ``python -m cargohold.repo.restoreworker FD`` (see :mod:`.child`). The protocol (pickled
 tuples)::
 
-    parent -> worker   {"spec", "key", "threads", ...}  once, first
+    parent -> worker   {"spec", "key", "reads", ...}   once, first
     parent -> worker   ("job", (pack id, blobs))       a pack's needed blobs and their places
     worker -> parent   ("done", created, damaged, bytes)   for every job
     parent -> worker   ("stop",)                       no more jobs
@@ -12,13 +12,13 @@ tuples)::
     worker -> parent   ("fatal", kind, message, hint, traceback)
 
 The worker opens the backend itself from its URL (``spec``, with
-:func:`cargohold.repo.storage.open_storage`: retries for remote stores). ``threads``
-writers work on jobs at once: one for a local directory (reading is not what waits);
-more for a remote store, so that several ranged reads are in flight while blobs are
-decrypted and written. The parent keeps the worker's next jobs queued behind the ones it
-is on, so it never waits for work; a thread receives them, so that neither side's send
-waits for the other's. The parent's walk cleared the paths it writes; the writers create
-the files (``O_CREAT``).
+:func:`cargohold.repo.storage.open_storage`: retries for remote stores). One thread
+decodes and writes; ``reads`` threads fetch the spans of the next jobs meanwhile (one
+job at a time, fetched by the writing thread itself, for a local directory:
+:func:`cargohold.repo.restoredata.write_jobs`). The parent keeps the worker's next jobs
+queued behind the ones it is on, so it never waits for work; a thread receives them, so
+that neither side's send waits for the other's. The parent's walk cleared the paths it
+writes; the writers create the files (``O_CREAT``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 from cargohold.repo.child import run_child
 from cargohold.repo.crypto import Cipher, MasterKey, blob_id
-from cargohold.repo.restoredata import DataWriter, WriteReport
+from cargohold.repo.restoredata import DataWriter, Job, WriteReport, write_jobs
 from cargohold.repo.storage import open_worker_storage, request_counts
 
 _Inbox = queue.SimpleQueue[tuple[Any, ...] | BaseException]
@@ -42,13 +42,9 @@ class RestoreWorker:
         self.conn = conn
         self.backend = open_worker_storage(setup)
         key = MasterKey.from_bytes(setup["key"])
-        cipher = Cipher(key)
-        self.writers = [
-            DataWriter(self.backend.load, cipher, lambda data: blob_id(key, data))
-            for _ in range(max(1, int(setup.get("threads", 1))))
-        ]
+        self.writer = DataWriter(self.backend.load, Cipher(key), lambda data: blob_id(key, data))
+        self.reads = max(1, int(setup.get("reads", 1)))
         self._send_lock = threading.Lock()
-        self._failures: list[BaseException] = []
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -59,40 +55,21 @@ class RestoreWorker:
         # while this process sends a report, and neither may wait for the other.
         inbox: _Inbox = queue.SimpleQueue()
         threading.Thread(target=self._receive, args=(inbox,), name="ch-inbox", daemon=True).start()
-        # This thread is the first writer; the others (remote stores) get threads of their own.
-        others = [
-            threading.Thread(target=self._work, args=(w, inbox), name="ch-restore", daemon=True)
-            for w in self.writers[1:]
-        ]
-        for t in others:
-            t.start()
-        self._work(self.writers[0], inbox)
-        for t in others:
-            t.join()
-        if self._failures:
-            raise self._failures[0]
-        self.close()
+
+        def take() -> Job | None:
+            msg = inbox.get()
+            if isinstance(msg, BaseException):
+                raise msg
+            return None if msg[0] == "stop" else msg[1]
+
+        write_jobs(self.writer, take, self.reads, done=self._report)
         self.send(("bye", request_counts(self.backend, self.backend.counts)))
 
-    def _work(self, writer: DataWriter, inbox: _Inbox) -> None:
-        """Write jobs until "stop" (passed on to the other writers) or a failure (noted for
-        :meth:`run` to raise, and passed on too, so they stop after their current job)."""
-        while True:
-            msg = inbox.get()
-            if isinstance(msg, BaseException) or msg[0] == "stop":
-                inbox.put(msg)
-                if isinstance(msg, BaseException):
-                    self._failures.append(msg)
-                return
-            try:
-                writer.write(msg[1])
-                done = writer.report.to_message()
-                writer.report = WriteReport()
-                self.send(done)
-            except BaseException as err:
-                self._failures.append(err)
-                inbox.put(err)
-                return
+    def _report(self) -> None:
+        """Tell the parent a job is written (it then sends the next)."""
+        done = self.writer.report.to_message()
+        self.writer.report = WriteReport()
+        self.send(done)
 
     def _receive(self, inbox: _Inbox) -> None:
         while True:
@@ -106,8 +83,7 @@ class RestoreWorker:
                 return
 
     def close(self) -> None:
-        for w in self.writers:
-            w.close()
+        self.writer.close()
 
 
 def main(argv: list[str]) -> int:
