@@ -412,6 +412,9 @@ def _connect_via(hop: Connection, target: Target, env: SSHEnv, timeout: float) -
     return Connection(_handshake(chan, target, env, timeout))
 
 
+_GCM_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
 def _handshake(sock: Any, target: Target, env: SSHEnv, timeout: float) -> paramiko.Transport:
     known = _known_keys(target)
     transport = paramiko.Transport(sock)
@@ -424,6 +427,10 @@ def _handshake(sock: Any, target: Target, env: SSHEnv, timeout: float) -> parami
         opts = transport.get_security_options()
         preferred = [t for kt in known for t in _rsa_aware(kt) if t in opts.key_types]
         opts.key_types = tuple(dict.fromkeys([*preferred, *opts.key_types]))
+        # AES-GCM first, as OpenSSH orders it: it authenticates each packet itself, where
+        # paramiko's first choice (aes128-ctr) computes an HMAC per packet in Python.
+        gcm = [c for c in _GCM_CIPHERS if c in opts.ciphers]
+        opts.ciphers = tuple(dict.fromkeys([*gcm, *opts.ciphers]))
         try:
             transport.start_client(timeout=timeout)
             if not transport.initial_kex_done:  # paramiko returns quietly when the timeout passed
