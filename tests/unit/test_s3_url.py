@@ -188,22 +188,35 @@ def test_content_md5_is_sent_over_http_when_the_profile_turns_payload_signing_of
     ]
 
 
-def test_one_client_is_built_when_the_url_names_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    import boto3
+def test_one_client_is_built_when_the_url_or_the_environment_names_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import botocore.session
 
     built: list[str] = []
-    real_client = boto3.session.Session.client
+    real_client = botocore.session.Session.create_client
 
     def client(self: Any, *args: Any, **kwargs: Any) -> Any:
         built.append(kwargs["config"].s3["addressing_style"])
         return real_client(self, *args, **kwargs)
 
-    monkeypatch.setattr(boto3.session.Session, "client", client)
+    monkeypatch.setattr(botocore.session.Session, "create_client", client)
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     open_url("s3://bucket/p?endpoint=http://127.0.0.1:9")
     open_url("s3://bucket/p")
     open_url("s3://bucket/p?endpoint=https://s3.eu-west-1.amazonaws.com")
     assert built == ["path", "virtual", "virtual"]
     built.clear()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:7")  # known only once botocore resolves it
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:7")
     assert open_url("s3://bucket/p")._client.meta.config.s3["addressing_style"] == "path"
+    assert built == ["path"]
+    built.clear()
+    # an endpoint from the profile is known only once botocore has resolved it: a second client
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    (tmp_path / "config").write_text("[default]\nendpoint_url = http://127.0.0.1:8\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    backend = open_url("s3://bucket/p")
+    assert backend._client.meta.config.s3["addressing_style"] == "path" and backend.endpoint == "http://127.0.0.1:8"
     assert built == ["virtual", "path"]

@@ -8,8 +8,9 @@ places (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
 ``endpoint`` option, else ``AWS_ENDPOINT_URL`` (or the profile's ``endpoint_url``), else
 AWS; the region from the option, ``AWS_REGION`` or the profile (default us-east-1).
 
-The client is botocore (through boto3), imported only when an ``s3://`` URL is opened;
-why, measured against obstore, is in docs/REPOSITORY.md ("Remote backends: S3").
+The client is botocore's (boto3's layer above it, and the s3transfer it imports, would
+add 0.08 s to every process and are not needed), imported only when an ``s3://`` URL is
+opened; why, measured against obstore, is in docs/REPOSITORY.md ("Remote backends: S3").
 
 How the promises of :class:`~cargohold.backends.base.Backend` are kept (the details
 and their reasons are in docs/FORMAT-keys-locks.md, "Storage backends"):
@@ -53,8 +54,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-import boto3
 import botocore.exceptions as bex
+import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
 
@@ -149,6 +150,14 @@ def _is_aws(endpoint: str) -> bool:
     return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
 
 
+def _endpoint_from_environment() -> str | None:
+    """The endpoint the environment names for S3, as botocore reads it (its profile's
+    ``endpoint_url`` aside)."""
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
     """What botocore takes as a body (it refuses a memoryview)."""
     return data if isinstance(data, (bytes, bytearray)) else bytes(data)
@@ -197,9 +206,10 @@ class S3Backend:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         try:
-            session = boto3.session.Session()
+            session = botocore.session.get_session()
             # botocore reads AWS_DEFAULT_REGION and the profile's region, not AWS_REGION
-            self.region = region or os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+            self.region = region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
+            self.region = self.region or "us-east-1"
             endpoint = endpoint or None
 
             def client(style: str) -> Any:
@@ -214,14 +224,15 @@ class S3Backend:
                     response_checksum_validation="when_required",
                     user_agent_extra="cargohold",
                 )
-                return session.client("s3", endpoint_url=endpoint, config=config)
+                return session.create_client("s3", endpoint_url=endpoint, config=config)
 
             # A non-AWS endpoint (RGW, MinIO, ...) rarely has wildcard DNS names for buckets:
-            # path style. An endpoint the URL names is known before the client is built; one from
-            # AWS_ENDPOINT_URL(_S3) or a profile only once botocore has resolved it.
+            # path style. An endpoint the URL or AWS_ENDPOINT_URL(_S3) names is known before the
+            # client is built; one from a profile only once botocore has resolved it.
+            known = endpoint or _endpoint_from_environment()
             style = addressing
             if addressing == "auto":
-                style = "path" if endpoint is not None and not _is_aws(endpoint) else "virtual"
+                style = "path" if known is not None and not _is_aws(known) else "virtual"
             self._client: Any = client(style)
             if style == "virtual" and addressing == "auto" and not _is_aws(str(self._client.meta.endpoint_url)):
                 self._client.close()

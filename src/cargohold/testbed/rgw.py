@@ -71,12 +71,12 @@ class RgwServer:
     limited_secret_key: str = LIMITED_SECRET_KEY
 
     def client(self, **config: Any) -> Any:
-        """A plain boto3 S3 client of the test user (to make and empty buckets in tests);
+        """A plain botocore S3 client of the test user (to make and empty buckets in tests);
         ``config``: botocore ``Config`` options (``s3={"addressing_style": "path"}``, ...)."""
-        import boto3
+        import botocore.session
         from botocore.config import Config
 
-        return boto3.session.Session().client(
+        return botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=self.access_key,
