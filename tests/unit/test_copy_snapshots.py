@@ -616,12 +616,13 @@ def test_cli_copy_snapshots(
     code, out, _ = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw, "--json")
     doc = json.loads(out)
     assert code == 0 and (doc["snapshots_copied"], doc["snapshots_skipped"]) == (1, 2)
-    assert doc["requests"]["to"]["store"] >= 1 and doc["requests"]["from"]["store"] == 0  # at least the snapshot
+    # the target: at least the snapshot; the source: its shared lock alone
+    assert doc["requests"]["to"]["store"] >= 1 and doc["requests"]["from"]["store"] == 1
     code, out, err = run(capsys, "--debug", "copy-snapshots", "--from", src, "--repo", dst, *dpw, "--json")
     doc = json.loads(out)
     assert code == 0 and doc["snapshots_copied"] == 0
-    assert doc["requests"]["to"]["store"] == doc["requests"]["from"]["store"] == 0  # only a lock each
-    assert doc["requests"]["to"]["create"] == doc["requests"]["from"]["create"] == 1
+    assert doc["requests"]["to"]["store"] == doc["requests"]["from"]["store"] == 1  # only a lock each
+    assert doc["requests"]["to"]["create"] == doc["requests"]["from"]["create"] == 0
     assert [line.split(":", 3)[2] for line in err.splitlines()] == [" from file", " to file"]
     code, out, _ = run(capsys, "copy-snapshots", "--from", src, "--repo", dst, *dpw)
     assert code == 0 and "0 snapshot(s) copied, 3 already here; 0 blobs, 0 B transferred" in out

@@ -205,11 +205,11 @@ def test_a_no_op_backup_downloads_no_metadata_it_has(tmp_path: Path) -> None:
     repo, counts = _backup_twice(tmp_path, cache)
     assert repo.cache is not None and repo.cache.root == cache / repo.config.id
     assert repo.cache.misses == 0 and repo.cache.hits > 0
-    # locks (list, create, delete), the index and snapshot listings, one new snapshot: no
+    # locks (list, store, delete), the index and snapshot listings, one new snapshot: no
     # index file, snapshot or tree loaded, no pack written
     assert counts["load"] == 0, counts
     assert counts["bytes_down"] == 0
-    assert counts["store"] == 1  # the snapshot
+    assert counts["store"] == 2 and counts["create"] == 0  # the shared lock and the snapshot
     total = sum(counts[op] for op in ("load", "store", "list", "stat", "create", "delete"))
     assert total <= 10, counts
     _, uncached = _backup_twice(tmp_path / "nocache", None)
@@ -331,10 +331,10 @@ def test_cli_debug_line_and_backup_json_show_requests_and_a_no_op_costs_few(
     doc = json.loads(out.out)
     req = doc["requests"]
     # the config and the key slot are read; no index file, snapshot or tree is
-    assert req["load"] == 2 and req["bytes_down"] < 4096 and req["store"] == 1, req
+    assert req["load"] == 2 and req["bytes_down"] < 4096 and req["store"] == 2, req  # the lock, the snapshot
     assert sum(req[op] for op in ("load", "store", "list", "stat", "create", "delete")) <= 10, req
     debug = [line for line in out.err.splitlines() if line.startswith("cargohold: debug:")]
-    assert len(debug) == 1 and "requests: " in debug[0] and "store 1" in debug[0], out.err
+    assert len(debug) == 1 and "requests: " in debug[0] and "store 2" in debug[0], out.err
     assert (tmp_path / "xdg-cache" / "cargohold").is_dir()  # the default cache directory
     monkeypatch.setenv("CARGOHOLD_NO_CACHE", "1")
     assert main(["backup", "--path", str(src), "--json"]) == 0

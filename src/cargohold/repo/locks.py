@@ -363,7 +363,9 @@ class LockManager:
                 token = secrets.token_hex(8)
                 name = PREFIX + token
                 doc = self._new_doc(SHARED_KIND, operation, token)
-                self.backend.create(name, self._encode(doc))
+                # A name no other holder picks (a random token): a plain store does, and on
+                # S3 spares the per-process probe of conditional PUT that `create` needs.
+                self.backend.store(name, self._encode(doc))
                 try:
                     holder = self._fresh_exclusive()
                 except Exception:
