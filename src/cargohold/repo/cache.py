@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,7 +44,6 @@ class MetadataCache:
         self.hits = 0
         self.misses = 0
         self.damaged = 0
-        self._made: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"MetadataCache({str(self.root)!r})"
@@ -73,22 +71,30 @@ class MetadataCache:
         return data
 
     def put(self, kind: str, name: str, data: bytes) -> None:
-        """Keep ``data`` (written whole under a temporary name, then renamed); errors ignored."""
+        """Keep ``data``; errors ignored. Written in place, not under a temporary name:
+        every read checks its entry (a torn write of a killed process is found and fetched
+        again), and an entry that exists already holds the same content (the name is its
+        id), so it is left alone. A backup caches every tree it writes: a temporary file and
+        a rename per tree cost 0.4 CPU-seconds at scale 1.0."""
         path = self._path(kind, name)
-        tmp = path.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
-        for _attempt in range(2):  # again when the directory was deleted meanwhile
+        for _attempt in range(2):  # again once the directory is made (or was deleted meanwhile)
             try:
-                self._mkdir(path.parent)
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
                 return
             except FileNotFoundError:
-                self._made.clear()
+                if not self._mkdir(path.parent):
+                    return
+                continue
             except OSError:
-                break
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+                return
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # a partial entry would be found damaged: not kept
+            return
 
     def discard(self, kind: str, name: str, *, damaged: bool = False) -> None:
         """Remove an entry; ``damaged``: it failed its check (a hit taken back)."""
@@ -111,14 +117,16 @@ class MetadataCache:
                 with contextlib.suppress(OSError):
                     os.unlink(self.root / kind / entry)
 
-    def _mkdir(self, directory: Path) -> None:
-        if directory in self._made:
-            return
-        if not self.root.is_dir():
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tag = self.root.parent / "CACHEDIR.TAG"
-            if not tag.exists():
-                with contextlib.suppress(OSError):
-                    tag.write_text(_CACHEDIR_TAG)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._made.add(directory)
+    def _mkdir(self, directory: Path) -> bool:
+        """Make ``directory`` (and the cache root, tagged); False when that fails."""
+        try:
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tag = self.root.parent / "CACHEDIR.TAG"
+                if not tag.exists():
+                    with contextlib.suppress(OSError):
+                        tag.write_text(_CACHEDIR_TAG)
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            return False
+        return True
