@@ -543,6 +543,9 @@ def versions() -> dict[str, str]:
     v.pop("zstd", None)
     v.pop("tar", None)
     for name, argv in {"ssh": ["ssh", "-V"], "radosgw": ["radosgw", "--version"]}.items():
+        if shutil.which(argv[0]) is None:
+            v[name] = "not installed"
+            continue
         out = subprocess.run(argv, capture_output=True, text=True, check=False)
         v[name] = (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
     return v
@@ -569,7 +572,6 @@ def bench(scale: float, workdir: Path, runs: int, kinds: list[str], py_spy: str 
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "cargohold")], check=False)
     env.update({"HOME": str(work / "home"), "XDG_DATA_HOME": str(work / "xdg-data")})
     uptime_start = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    versions_start = versions()
 
     servers: list[Server] = []
     try:
@@ -580,6 +582,7 @@ def bench(scale: float, workdir: Path, runs: int, kinds: list[str], py_spy: str 
         if "sftp" in kinds:
             servers.append(Sshd(work))
         print(f"   up in {time.perf_counter() - t0:.1f} s", flush=True)
+        versions_start = versions()  # after the test bed installed what was missing
         tools: list[Tool] = []
         for server in servers:
             senv = dict(env)
@@ -839,7 +842,11 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="where corpus, SFTP repositories and restores go (default: temp)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--profile", action="store_true", help="then one more cargohold full backup per kind under py-spy")
-    ap.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (default: from PATH)")
+    ap.add_argument(
+        "--py-spy",
+        default=shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent)),
+        help="py-spy executable (default: from PATH or beside this Python)",
+    )
     ap.add_argument("--tables", action="store_true", help="only print the tables of the results already written")
     a = ap.parse_args()
     if a.tables:
