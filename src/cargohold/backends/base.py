@@ -64,7 +64,7 @@ class Backend(Protocol):
         """
         ...
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         """Write the object durably, replacing an existing one of that name.
 
         When this returns the object is durable (fsync'd on local disk). A reader never

@@ -93,7 +93,7 @@ class CountingBackend:
         self.counts.add("load", down=len(data))
         return data
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         self.counts.add("store", up=len(data))
         self.inner.store(name, data)
 

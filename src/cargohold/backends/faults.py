@@ -24,6 +24,8 @@ from typing import TypeVar
 from cargohold.backends.base import Backend, Leftover, ObjectInfo, leftovers_of, remove_leftover
 from cargohold.errors import BackendIOError
 
+_Data = TypeVar("_Data", bytes, bytes | bytearray)
+
 T = TypeVar("T")
 
 ALL_OPS = frozenset({"load", "store", "create", "delete", "list", "stat", "leftovers", "remove_leftover"})
@@ -108,7 +110,7 @@ class FaultBackend:
             raise self._fail(kind, name)
         return fn()
 
-    def _write(self, kind: str, name: str, data: bytes, fn: Callable[[str, bytes], None]) -> None:
+    def _write(self, kind: str, name: str, data: _Data, fn: Callable[[str, _Data], None]) -> None:
         fault = self._next(kind, name)
         if fault == "truncate":
             fn(name, bytes(data[: len(data) // 2]))
@@ -121,7 +123,7 @@ class FaultBackend:
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._run("load", name, lambda: self.inner.load(name, offset, length))
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         self._write("store", name, data, self.inner.store)
 
     def create(self, name: str, data: bytes) -> None:

@@ -70,7 +70,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -110,7 +110,7 @@ class LocalBackend:
                 continue
             _fsync_dir(d.parent)
 
-    def _write_temp(self, path: Path, data: bytes | memoryview) -> Path:
+    def _write_temp(self, path: Path, data: bytes | bytearray | memoryview) -> Path:
         """Write ``data`` to a new fsync'd temporary file next to ``path``."""
         self._ensure_dir(path.parent)
         tmp = path.parent / temp_name(path.name)
@@ -166,7 +166,7 @@ class LocalBackend:
         except OSError as err:
             raise translate_oserror(err, f"object {name!r} in {self.url}") from err
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         path = self._path(name)
         try:
             tmp = self._write_temp(path, data)

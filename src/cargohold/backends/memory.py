@@ -34,7 +34,7 @@ class MemoryBackend:
         end = None if length is None else offset + length
         return data[offset:end]
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         check_name(name)
         blob = bytes(data)
         with self._lock:

@@ -97,7 +97,7 @@ class RetryBackend:
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.load(name, offset, length))
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         self._call(lambda: self.inner.store(name, data))
 
     def create(self, name: str, data: bytes) -> None:

@@ -337,7 +337,7 @@ class S3Backend:
 
         return self._call(self._where(name), get)
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         key = self._key(name)
         body = _body(data)
         if len(body) >= self.multipart_threshold:

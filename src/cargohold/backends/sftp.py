@@ -245,7 +245,7 @@ class SFTPBackend:
         path = self._path(name)
         return self._call(f"object {name!r}", lambda s: s.read_file(path, offset, length))
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         path = self._path(name)
         view = memoryview(data).cast("B")
 

@@ -62,9 +62,14 @@ class PackStream:
         return pack_id, PackRecord(pack_id, self.type, list(self.entries))
 
 
-class _Parts(list[bytes]):
+class _Buffer(bytearray):
+    """One growing buffer: each blob is copied in once and can be freed at once. Growing
+    a large bytearray moves no bytes (glibc's realloc remaps its pages), so this costs
+    what joining a list of the blobs at the end cost, without holding the blobs and the
+    joined pack side by side (16 MiB less at the peak of every worker uploading packs)."""
+
     def write(self, data: bytes) -> None:
-        self.append(data)
+        self += data
 
 
 class PackBuilder:
@@ -72,8 +77,8 @@ class PackBuilder:
 
     def __init__(self, btype: BlobType) -> None:
         self.type = btype
-        self._parts = _Parts()
-        self._stream = PackStream(btype, self._parts)
+        self._buffer = _Buffer()
+        self._stream = PackStream(btype, self._buffer)
         self.entries = self._stream.entries
 
     def add(self, blob_id: bytes, stored: bytes, raw_length: int) -> None:
@@ -86,13 +91,10 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def finish(self, cipher: Cipher) -> tuple[bytes, bytes, PackRecord]:
-        """``(pack id, pack bytes, record)``; the builder must not be used afterwards. The
-        blobs are joined once here (growing one buffer blob by blob copied a 16 MiB pack
-        several times over)."""
+    def finish(self, cipher: Cipher) -> tuple[bytes, bytearray, PackRecord]:
+        """``(pack id, pack bytes, record)``; the builder must not be used afterwards."""
         pack_id, rec = self._stream.finish(cipher)
-        data = b"".join(self._parts)
-        self._parts.clear()
+        data, self._buffer = self._buffer, _Buffer()
         return pack_id, data, rec
 
 

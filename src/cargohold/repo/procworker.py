@@ -179,7 +179,7 @@ class Worker:
         self.backend.counts.add("store", up=size)
         self.send(("pack", rec))
 
-    def _upload(self, data: bytes, pack_id: bytes, rec: PackRecord) -> None:
+    def _upload(self, data: bytes | bytearray, pack_id: bytes, rec: PackRecord) -> None:
         store_or_clean(self.backend, pack_name(pack_id), data)
         self.send(("pack", rec))
 

@@ -450,7 +450,7 @@ class Repository:
                     self._index_names.add(name)
         return name
 
-    def store_object(self, name: str, data: bytes) -> None:
+    def store_object(self, name: str, data: bytes | bytearray) -> None:
         """Store; when that fails, try to remove what a broken store may have left half
         written, so a failed write never leaves a damaged object behind."""
         storage.store_or_clean(self.backend, name, data)

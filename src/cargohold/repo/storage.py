@@ -37,8 +37,9 @@ RETRY_ATTEMPTS = 12
 RETRY_BASE_DELAY = 0.25
 RETRY_MAX_DELAY = 8.0
 RETRY_BUDGET = 90.0
-#: Packs one process uploads at once at most (each is held in memory: pack size each).
-MAX_UPLOADS = 4
+#: Packs one process uploads at once at most (each is held in memory: pack size each). Two
+#: keep up with a worker filling packs on loopback; four were as fast and cost ~30 MB more.
+MAX_UPLOADS = 2
 #: Ranged reads one process has in flight at most when restoring from a remote store.
 MAX_READS = 8
 #: Connections of a ``file://...?staging=no`` store.
@@ -64,7 +65,7 @@ class WholeObjectLocal:
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self.local.load(name, offset, length)
 
-    def store(self, name: str, data: bytes) -> None:
+    def store(self, name: str, data: bytes | bytearray) -> None:
         self.local.store(name, data)
 
     def create(self, name: str, data: bytes) -> None:
@@ -203,7 +204,7 @@ def retry_budget_of(backend: Backend) -> float:
     return next(budgets, RETRY_BUDGET)
 
 
-def store_or_clean(backend: Backend, name: str, data: bytes) -> None:
+def store_or_clean(backend: Backend, name: str, data: bytes | bytearray) -> None:
     """Store ``name``; when that fails, try once (:func:`delete_once`) to remove what a
     broken store may have left half written, so a failed write never leaves a damaged
     object behind, then raise the store's error."""
