@@ -32,6 +32,7 @@ from cargohold.backends.sftp import SFTPBackend
 from cargohold.cli import exit_codes
 from cargohold.errors import BackendIOError, ObjectExists
 from cargohold.testbed._system import apt_install
+from cargohold.testbed.rgw import RgwServer
 from cargohold.testbed.sshd import Sshd, start_sshd, stop_sshd, temp_base
 
 
@@ -557,3 +558,54 @@ def test_acceptance_init_backup_restore_check_over_sftp(sshd_server: Sshd, tmp_p
     assert "no errors" in proc.stdout
     # the repository is where the URL says, on the server
     assert (folder / "repo" / "config").is_file() and any((folder / "repo" / "data").iterdir())
+
+
+def test_the_whole_acceptance_as_written_s3_then_sftp_then_a_copy(
+    sshd_server: Sshd, s3_env: RgwServer, tmp_path: Path, folder: Path
+) -> None:
+    """Issue 10's acceptance script, one shell, as a new user types it: S3 from the standard
+    AWS variables, SFTP through a Host alias, both made by plain `init` (so the copy from S3
+    into SFTP is a translated one), `check --read-data` clean on the target."""
+    home = user_home(tmp_path, sshd_server, alias="backuphost")
+    data = tmp_path / "DATA"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("alpha\n")
+    (data / "sub" / "big.bin").write_bytes(os.urandom(9 * 1024 * 1024))
+    os.symlink("a.txt", data / "link")
+    bucket = f"ch-acc-{uuid.uuid4().hex[:10]}"
+    script = f"""
+        set -e
+        export CARGOHOLD_REPO=s3://{bucket}/repo CARGOHOLD_PASSWORD=acceptance-pw
+        cargohold init && cargohold backup --path DATA && cargohold restore latest --target OUT
+        diff -r --no-dereference DATA OUT
+        cargohold check --read-data
+        export CARGOHOLD_REPO=sftp://backuphost{folder}/repo
+        cargohold init && cargohold backup --path DATA && cargohold restore latest --target OUT2
+        diff -r --no-dereference DATA OUT2
+        cargohold copy-snapshots --from s3://{bucket}/repo && cargohold check --read-data
+        cargohold copy-snapshots --from s3://{bucket}/repo
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARGOHOLD_", "SSH_", "AWS_"))}
+    env.update(s3_env.env())
+    env.update(
+        {
+            "HOME": str(home),
+            "CARGOHOLD_KDF": "fast",
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+    )
+    try:
+        proc = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        assert f"created bucket '{bucket}'" in proc.stdout
+        assert "1 snapshot(s) copied" in proc.stdout and "0 snapshot(s) copied, 1 already here" in proc.stdout
+        assert proc.stdout.count("no errors") == 2
+        assert "do not share blob ids" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(list((folder / "repo" / "snapshots").iterdir())) == 2  # its own backup and the copy
+    finally:
+        with contextlib.suppress(Exception):
+            s3_env.remove_bucket(bucket)

@@ -25,7 +25,6 @@ from cargohold.repo.index import Location
 from cargohold.repo.keys import KdfParams
 from cargohold.repo.locks import LockManager
 from cargohold.repo.repository import Repository
-from cargohold.repo.sharedparams import ChunkerParamsDiffer
 from cargohold.services import copy_snapshots as cs
 from cargohold.services import repository as svc
 from cargohold.services.copy_snapshots import CopySettings, Selection, copy_snapshots
@@ -261,16 +260,54 @@ def test_init_copy_chunker_params_writes_once_and_does_not_reopen(
     assert dst.key_id and dst.config.compression_level == src.config.compression_level
 
 
-def test_refused_when_blob_ids_differ(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+def test_a_target_with_its_own_blob_ids_gets_a_translated_copy(
+    tmp_path: Path, three: tuple[Repository, list[str]], sources: tuple[Path, Path]
+) -> None:
+    """Two repositories made by plain `init` (the acceptance of issue 10): every snapshot is
+    copied with its blobs re-identified under the target's key and its trees rewritten;
+    restores are identical, `check --read-data` is clean, and a second run copies nothing."""
+    src, ids = three
+    a, _ = sources
+    dst = init(tmp_path / "dst")  # not made with --copy-chunker-params-from
+    svc.backup(dst, a)  # a snapshot of the target's own stays beside the copies
+    res = copy_snapshots(src, dst)
+    assert res.translated and res.differences == ["blob id key", "chunker seed"]
+    assert [e.source_id for e in res.copied] == ids and res.unreadable == {}
+    stored = sum(size for _, size in src.list_packs())
+    assert 0 < res.bytes <= stored  # each blob once, though the source's three snapshots share most
+    dst = reopen(dst)
+    report = svc.check(dst, read_data=True)
+    assert report.ok and report.snapshots == 4, report.damage
+    by_source = {s.id: s for s in svc.snapshots(src)}
+    copied = {s.id: s for s in svc.snapshots(dst)}
+    for entry in res.copied:
+        copy, original = copied[entry.target_id], by_source[entry.source_id]
+        assert copy.tree != original.tree
+        assert cs.identity(copy, trees=False) == cs.identity(original, trees=False)
+        assert_restores_alike(src, dst, entry.source_id, entry.target_id, tmp_path)
+    parents = {s.id: s.parent for s in svc.snapshots(dst)}
+    assert parents[res.copied[2].target_id] == res.copied[0].target_id  # a's second backup
+    again = copy_snapshots(src, reopen(dst))
+    assert again.copied == [] and [e.target_id for e in again.skipped] == [e.target_id for e in res.copied]
+    assert not list(dst.backend.list("locks/")) and not list(src.backend.list("locks/"))
+
+
+def test_a_translated_copy_that_meets_damage_commits_nothing(tmp_path: Path, sources: tuple[Path, Path]) -> None:
     a, _ = sources
     src = init(tmp_path / "src")
     svc.backup(src, a)
-    dst = init(tmp_path / "dst")  # not made with --copy-chunker-params-from
-    with pytest.raises(ChunkerParamsDiffer, match="blob id key, chunker seed") as err:
-        copy_snapshots(src, dst)
-    assert "--copy-chunker-params-from" in str(err.value)
-    assert dst.list_snapshot_ids() == [] and list(dst.list_packs()) == []
-    assert not list(dst.backend.list("locks/")) and not list(src.backend.list("locks/"))
+    src = reopen(src)
+    src.load_index()
+    pack_id, _ = max(src.list_packs(), key=lambda p: p[1])
+    path = tmp_path / "src" / pack_name(pack_id)
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    dst = init(tmp_path / "dst")
+    with pytest.raises(IntegrityError, match=r"damaged|does not match"):
+        copy_snapshots(reopen(src), dst)
+    assert reopen(dst).list_snapshot_ids() == []
 
 
 def test_waits_for_no_exclusive_lock_on_either_side(tmp_path: Path, three: tuple[Repository, list[str]]) -> None:
@@ -569,12 +606,13 @@ def test_cli_copy_snapshots(
     for path in (a, b, a):
         assert run(capsys, "backup", "--path", path, "--repo", src, *spw)[0] == 0
 
-    # a target with its own blob ids is refused in one line, exit 6
+    # a target with its own blob ids gets a translated copy, and a note on what that costs
     assert run(capsys, "init", "--repo", plain, *dpw)[0] == 0
-    code, _, err = run(
-        capsys, "copy-snapshots", "--from", src, "--from-password-file", str(t / "src-pw"), "--repo", plain, *dpw
-    )
-    assert code == exit_codes.REPOSITORY == 6
+    code, out, err = run(
+        capsys, "copy-snapshots", "--from", src, "--from-password-file", str(t / "src-pw"), "--repo", plain, *dpw,
+        "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["translated"] is True and json.loads(out)["snapshots_copied"] == 3
     assert err.count("\n") == 1 and "--copy-chunker-params-from" in err and "Traceback" not in err
 
     # init --copy-chunker-params-from: the source's password is asked for by its own option

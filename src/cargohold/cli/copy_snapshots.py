@@ -141,6 +141,13 @@ def copy_snapshots(
         target.close()
     debug_requests(f"from {src.backend.url}", requests["from"])
     debug_requests(f"to {target.backend.url}", requests["to"])
+    if res.translated and res.copied:
+        note(
+            f"note: {src.backend.url} and {target.backend.url} do not share blob ids "
+            f"({', '.join(res.differences)} differ): every blob of the copied snapshots was read and "
+            f"re-identified; a target made with `cargohold init --copy-chunker-params-from {src.backend.url}` "
+            "reads only what it lacks, and its own backups deduplicate against the copies"
+        )
     for sid, why in sorted(res.unreadable.items()):
         note(f"warning: snapshot {sid[:8]} of {src.backend.url} is damaged and was not copied: {why}")
     if json:
@@ -149,6 +156,7 @@ def copy_snapshots(
                 "unreadable": dict(sorted(res.unreadable.items())),
                 "from": src.backend.url,
                 "to": target.backend.url,
+                "translated": res.translated,
                 "snapshots_copied": len(res.copied),
                 "snapshots_skipped": len(res.skipped),
                 "blobs": res.blobs,

@@ -7,9 +7,9 @@ plaintexts are the chunks the chunker cuts, whose cut points depend on the maste
 ``chunker_seed`` and on the config's chunker parameters. So "the same chunker parameters"
 means all three:
 
-* ``id_key`` — without it the ids differ for equal data: a copy could not tell what the
-  target already has, and every tree (which lists its files' blob ids) would have to be
-  rewritten;
+* ``id_key`` — without it the ids differ for equal data: a copy cannot tell what the
+  target already has, so it reads every blob and rewrites every tree (a translated copy,
+  :mod:`cargohold.services.copy_snapshots`);
 * ``chunker_seed`` and ``config.chunker`` — without them the target's own backups of the
   same files cut other chunks than the copies did, so they would not deduplicate against
   each other.
@@ -24,16 +24,10 @@ import secrets
 from pathlib import Path
 
 from cargohold.backends.base import Backend
-from cargohold.errors import RepositoryError, UsageError
+from cargohold.errors import UsageError
 from cargohold.repo import keys
 from cargohold.repo.crypto import KEY_LEN, MasterKey
 from cargohold.repo.repository import Repository
-
-COPY_HINT_OPTION = "--copy-chunker-params-from"
-
-
-class ChunkerParamsDiffer(RepositoryError):
-    """Two repositories do not share blob id key, chunker seed and chunker parameters."""
 
 
 def differences(a: Repository, b: Repository) -> list[str]:
@@ -47,20 +41,6 @@ def differences(a: Repository, b: Repository) -> list[str]:
     if a.config.chunker != b.config.chunker:
         out.append("chunker parameters")
     return out
-
-
-def require_same(source: Repository, target: Repository) -> None:
-    """Raise :class:`ChunkerParamsDiffer` (one line, with what to do) unless blob ids agree."""
-    diff = differences(source, target)
-    if diff:
-        raise ChunkerParamsDiffer(
-            f"{target.backend.url} and {source.backend.url} differ in {', '.join(diff)}: the same data has "
-            "other blob ids in each, so snapshots cannot be copied between them",
-            hint=(
-                f"create the target with `cargohold init {COPY_HINT_OPTION} {source.backend.url}` "
-                "and copy into that one"
-            ),
-        )
 
 
 def sharing_master_key(like: MasterKey) -> MasterKey:

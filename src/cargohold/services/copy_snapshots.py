@@ -1,9 +1,8 @@
 """Copy snapshots from one repository into another (3-2-1: a second copy elsewhere).
 
-The two repositories must agree on blob ids (:mod:`cargohold.repo.sharedparams`: the same
-blob id key, chunker seed and chunker parameters — a target made with ``init
---copy-chunker-params-from SOURCE``); otherwise the copy is refused before anything is read.
-Then a copy is a walk and a transfer:
+When the two repositories agree on blob ids (the same blob id key: a target made with ``init
+--copy-chunker-params-from SOURCE``, :mod:`cargohold.repo.sharedparams`), a copy is a walk
+and a transfer by id:
 
 1. Locks: a shared lock on the target (as a backup takes), then a shared lock on the source
    (as a restore takes); the source's snapshots, then its index, then the target's snapshots,
@@ -22,6 +21,17 @@ Then a copy is a walk and a transfer:
    blobs in the target's index and does not transfer them again; packs written after the
    last index file are leftovers that ``prune`` removes.
 
+When they do not (two repositories made by plain ``init``), the same data has other ids in
+each, so the copy is *translated* (:func:`_translate_one`): every data blob of a snapshot is
+read from the source (ranged reads, as above), checked, and given its id under the target's
+key — stored only when the target lacks that id, its payload re-encrypted, not recompressed —
+then every tree is rewritten, children first, with the new ids, and the snapshot points at
+the new root. The blobs are read once per run (a map of source to target ids is kept across
+the run's snapshots), but a later run reads them again: a target made with
+``--copy-chunker-params-from`` reads only what it lacks, and its own backups deduplicate
+against the copies. A snapshot is then recognised in the target by everything
+:func:`identity` compares except its trees (their ids differ by construction).
+
 Snapshots the target already holds are skipped, so running the same copy again transfers
 nothing. The copied snapshot keeps its time, source, host, tags, paths and statistics; its
 ``parent`` names the target's copy of the source snapshot's parent when there is one (else
@@ -31,6 +41,7 @@ none). Verification records (``verify``) are not copied.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -44,9 +55,9 @@ from cargohold.repo.index import Location
 from cargohold.repo.locks import LockManager
 from cargohold.repo.progress import NullProgress, Progress
 from cargohold.repo.repository import Repository
-from cargohold.repo.sharedparams import require_same
+from cargohold.repo.sharedparams import differences
 from cargohold.repo.snapshot import Snapshot
-from cargohold.repo.tree import DIR, FILE
+from cargohold.repo.tree import DIR, FILE, Tree
 from cargohold.services.repository import find_snapshot
 
 __all__ = [
@@ -121,6 +132,10 @@ class SnapshotCopy:
 @dataclass
 class CopyResult:
     snapshots: list[SnapshotCopy] = field(default_factory=list)
+    #: The two repositories do not share blob ids: every blob was read and re-identified.
+    translated: bool = False
+    #: What of blob id key, chunker seed and chunker parameters differs (empty: nothing).
+    differences: list[str] = field(default_factory=list)
     #: Source snapshots that could not be read (id -> why): not copied, the others were.
     unreadable: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
@@ -146,13 +161,12 @@ class CopyResult:
         return sum(s.raw_bytes for s in self.snapshots)
 
 
-def identity(snap: Snapshot) -> str:
+def identity(snap: Snapshot, *, trees: bool = True) -> str:
     """What makes two snapshots (in two repositories with the same blob ids) the same backup:
     trees, time, source, host, user, tags, paths and the root directory's metadata — not the
-    id (a hash of the encrypted object), the parent (an id) or the statistics."""
+    id (a hash of the encrypted object), the parent (an id) or the statistics. Without
+    ``trees``: the same, for repositories whose blob ids differ (a translated copy)."""
     doc: dict[str, Any] = {
-        "tree": snap.tree.hex(),
-        "extra_trees": {k: v.hex() for k, v in sorted(snap.extra_trees.items())},
         "time": snap.time.isoformat(),
         "source": snap.source.to_json(),
         "hostname": snap.hostname,
@@ -161,6 +175,9 @@ def identity(snap: Snapshot) -> str:
         "paths": list(snap.paths),
         "root": snap.root.to_json() if snap.root is not None else None,
     }
+    if trees:
+        doc["tree"] = snap.tree.hex()
+        doc["extra_trees"] = {k: v.hex() for k, v in sorted(snap.extra_trees.items())}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -205,18 +222,18 @@ def copy_snapshots(
     settings: CopySettings = CopySettings(),
     progress: Progress | None = None,
 ) -> CopyResult:
-    """Copy the selected snapshots of ``source`` that ``target`` lacks into ``target``.
+    """Copy the selected snapshots of ``source`` that ``target`` lacks into ``target``: by
+    blob id when the two share blob ids, else translated (:attr:`CopyResult.translated`).
 
-    Raises :class:`~cargohold.repo.sharedparams.ChunkerParamsDiffer` when the two do not share
-    blob ids, :class:`~cargohold.errors.IntegrityError` when the source's data is damaged
+    Raises :class:`~cargohold.errors.IntegrityError` when the source's data is damaged
     (nothing is committed for the snapshot being copied then), and the lock errors. A source
     snapshot that cannot be read at all is listed in :attr:`CopyResult.unreadable`, the
     others are copied.
     """
-    require_same(source, target)
     shown = progress or NullProgress()
     started = time.monotonic()
-    result = CopyResult()
+    translate = not secrets.compare_digest(source.key.id_key, target.key.id_key)
+    result = CopyResult(translated=translate, differences=differences(source, target))
     target_locks = LockManager(target.backend, wait=settings.lock_wait)
     source_locks = LockManager(source.backend, wait=settings.lock_wait)
     with (
@@ -228,20 +245,27 @@ def copy_snapshots(
         source.load_index()
         # Snapshots, then the index (as a backup reads its parents): a snapshot is written
         # after its index file, so every snapshot read here has its blobs in the index read next.
-        held = {identity(s): s.id for s in target.snapshots(errors={})}
+        by_trees = not translate
+        held = {identity(s, trees=by_trees): s.id for s in target.snapshots(errors={})}
         target.load_index()
-        of_source = {s.id: identity(s) for s in everything}
+        of_source = {s.id: identity(s, trees=by_trees) for s in everything}
         walked: set[bytes] = set()
+        ids: dict[bytes, bytes] = {}  # translated copies: source id -> target id, for the run
         for snap in chosen:
-            key = identity(snap)
+            key = identity(snap, trees=by_trees)
             existing = held.get(key)
             if existing is not None:
                 result.snapshots.append(_entry(snap, existing, copied=False))
                 continue
-            entry = _copy_one(source, target, snap, walked, settings, shown)
             parent_key = of_source.get(snap.parent) if snap.parent is not None else None
             parent = held.get(parent_key) if parent_key is not None else None
-            copy = replace(snap, parent=parent, id="")
+            if translate:
+                entry = _translate_one(source, target, snap, ids, settings, shown)
+                trees = {k: ids[v] for k, v in snap.extra_trees.items()}
+                copy = replace(snap, parent=parent, id="", tree=ids[snap.tree], extra_trees=trees)
+            else:
+                entry = _copy_one(source, target, snap, walked, settings, shown)
+                copy = replace(snap, parent=parent, id="")
             entry.target_id = target.save_snapshot(copy)  # the commit point, after its index
             held[key] = entry.target_id
             result.snapshots.append(entry)
@@ -308,18 +332,7 @@ def _needed(source: Repository, target: Repository, snap: Snapshot, walked: set[
     out: list[_Blob] = []
     try:
         for bid in todo:
-            loc = source.locate(bid)
-            btype = candidates[bid]
-            if loc is None:
-                raise IntegrityError(
-                    f"{btype.name.lower()} blob {bid.hex()} of snapshot {snap.short_id} is not in {source.backend.url}",
-                    hint="run `cargohold check` on the source repository",
-                )
-            if loc.type != btype:
-                raise IntegrityError(
-                    f"blob {bid.hex()} is indexed as {loc.type.name.lower()}, needed as {btype.name.lower()}"
-                )
-            out.append(_Blob(btype, bid, loc))
+            out.append(_Blob(candidates[bid], bid, _located(source, snap, bid, candidates[bid])))
     except BaseException:
         target.release_many(todo)
         raise
@@ -412,6 +425,138 @@ def _copy_one(
     finally:
         progress.finish()
     return entry
+
+
+def _translate_one(
+    source: Repository,
+    target: Repository,
+    snap: Snapshot,
+    ids: dict[bytes, bytes],
+    settings: CopySettings,
+    progress: Progress,
+) -> SnapshotCopy:
+    """Copy ``snap`` into a target whose blob ids differ: its data blobs re-identified (and
+    stored where the target lacks them), then its trees rewritten children first. ``ids``
+    maps source ids to target ids (data and trees) and grows; the target's index is
+    written, not the snapshot (the caller writes it, last, pointing at ``ids[snap.tree]``)."""
+    entry = _entry(snap, "", copied=True)
+    trees: dict[bytes, Tree] = {}
+    order: list[bytes] = []  # children before their parents
+    pending: dict[bytes, _Blob] = {}
+    stack = [(t, False) for t in snap.all_trees() if t not in ids]
+    while stack:
+        tid, expanded = stack.pop()
+        if expanded:
+            order.append(tid)
+            continue
+        if tid in trees or tid in ids:
+            continue
+        tree = trees[tid] = source.load_tree(tid)  # its id checked
+        stack.append((tid, True))
+        for node in tree.nodes:
+            if node.type == DIR and node.subtree is not None:
+                if node.subtree not in trees and node.subtree not in ids:
+                    stack.append((node.subtree, False))
+            elif node.type == FILE:
+                for bid in node.content:
+                    if bid not in ids and bid not in pending:
+                        pending[bid] = _Blob(BlobType.DATA, bid, _located(source, snap, bid, BlobType.DATA))
+    blobs = list(pending.values())
+    jobs = list(_jobs(blobs))
+    reserved: list[bytes] = []
+    progress.start(f"copy {snap.short_id}", sum(b.loc.length for b in blobs))
+    try:
+        since_checkpoint = 0
+        with ThreadPoolExecutor(_threads(source, settings), thread_name_prefix="ch-copy") as pool:
+            for batch in _batches(jobs, min(_BATCH_BYTES, settings.checkpoint_bytes)):
+                for job, (pairs, stored) in zip(
+                    batch, pool.map(lambda j: _translate(source, target, j), batch), strict=True
+                ):
+                    for old_id, new_id, raw, sealed_len in pairs:
+                        ids[old_id] = new_id
+                        if sealed_len:
+                            reserved.append(new_id)
+                            entry.blobs += 1
+                            entry.bytes += sealed_len
+                            entry.raw_bytes += raw
+                    since_checkpoint += stored
+                    progress.advance(job.end - job.start, len(job.blobs))
+                if since_checkpoint >= settings.checkpoint_bytes:
+                    target.flush()
+                    since_checkpoint = 0
+        for tid in order:
+            tree = trees[tid]
+            nodes = [
+                replace(
+                    n,
+                    content=[ids[c] for c in n.content],
+                    subtree=ids[n.subtree] if n.subtree is not None else None,
+                )
+                for n in tree.nodes
+            ]
+            before = target.added_bytes
+            ids[tid] = target.save_tree(Tree(nodes))
+            if target.added_bytes != before:
+                entry.blobs += 1
+                entry.bytes += target.added_bytes - before
+        target.flush()
+    except BaseException:
+        target.release_many(reserved)
+        raise
+    finally:
+        progress.finish()
+    return entry
+
+
+def _located(source: Repository, snap: Snapshot, bid: bytes, btype: BlobType) -> Location:
+    loc = source.locate(bid)
+    if loc is None:
+        raise IntegrityError(
+            f"{btype.name.lower()} blob {bid.hex()} of snapshot {snap.short_id} is not in {source.backend.url}",
+            hint="run `cargohold check` on the source repository",
+        )
+    if loc.type != btype:
+        raise IntegrityError(f"blob {bid.hex()} is indexed as {loc.type.name.lower()}, needed as {btype.name.lower()}")
+    return loc
+
+
+def _translate(
+    source: Repository, target: Repository, job: _Job
+) -> tuple[list[tuple[bytes, bytes, int, int]], int]:
+    """Read one job's range from the source; for each data blob, check it, compute its id
+    under the target's key and store it there (its payload re-encrypted) unless the target
+    has that id. Returns ``[(source id, target id, plaintext length, stored length or 0)]``
+    and the stored bytes."""
+    name = pack_name(job.pack)
+    data = source.backend.load(name, job.start, job.end - job.start)
+    if len(data) != job.end - job.start:
+        raise IntegrityError(f"{name} is truncated (needed up to byte {job.end})")
+    view = memoryview(data)
+    out: list[tuple[bytes, bytes, int, int]] = []
+    total = 0
+    for b in job.blobs:
+        what = f"data blob {b.id.hex()} in {name}"
+        stored = view[b.loc.offset - job.start : b.loc.offset - job.start + b.loc.length]
+        try:
+            payload = source.cipher.decrypt(stored, blob_ad(BlobType.DATA, b.id))
+        except IntegrityError:
+            raise IntegrityError(f"{what}: authentication failed (damaged)") from None
+        plain = decode_payload(payload, what=what, max_size=max(b.loc.raw_length, 1))
+        if len(plain) != b.loc.raw_length or source.blob_id(plain) != b.id:
+            raise IntegrityError(f"{what}: content does not match its id")
+        new_id = target.blob_id(plain)
+        if not target.reserve(new_id):
+            out.append((b.id, new_id, len(plain), 0))
+            continue
+        try:
+            sealed = target.cipher.encrypt(payload, blob_ad(BlobType.DATA, new_id))
+            target.add_encoded(BlobType.DATA, new_id, sealed, len(plain))
+        except BaseException:
+            target.release(new_id)
+            raise
+        out.append((b.id, new_id, len(plain), len(sealed)))
+        total += len(sealed)
+    return out, total
 
 
 def _threads(source: Repository, settings: CopySettings) -> int:
