@@ -203,3 +203,84 @@ def test_gc_paused_nests_across_threads_and_restores_the_thresholds() -> None:
     leave.set()
     t.join()
     assert gc.get_threshold() == before
+
+
+# --- fetching ahead (remote stores) -------------------------------------------------------------
+
+
+class _Writer(restoredata.DataWriter):
+    """A DataWriter whose fetch and apply only record what happened."""
+
+    def __init__(self, fail: dict[bytes, BaseException] | None = None) -> None:
+        super().__init__(lambda name, off, n: b"", None, lambda data: b"")  # type: ignore[arg-type]
+        self.fail = fail or {}
+        self.applied: list[bytes] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.closed = False
+        self._count = threading.Lock()
+
+    def fetch(self, job: restoredata.Job) -> restoredata.Fetched:
+        with self._count:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            threading.Event().wait(random.uniform(0, 0.01))
+            if job[0] in self.fail:
+                raise self.fail[job[0]]
+            return job[0], []
+        finally:
+            with self._count:
+                self.in_flight -= 1
+
+    def apply(self, fetched: restoredata.Fetched) -> None:
+        self.applied.append(fetched[0])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _jobs(n: int) -> list[restoredata.Job]:
+    return [(bytes([i]), []) for i in range(n)]
+
+
+def test_jobs_fetched_ahead_are_applied_in_order_and_take_is_not_asked_after_none() -> None:
+    jobs = _jobs(40)
+    asked_after_end = []
+    it = iter(jobs)
+    ended = False
+
+    def take() -> restoredata.Job | None:
+        nonlocal ended
+        if ended:
+            asked_after_end.append(1)
+        job = next(it, None)
+        ended = job is None
+        return job
+
+    writer, done = _Writer(), []
+    restoredata.write_jobs(writer, take, 4, done=lambda: done.append(1))
+    assert writer.applied == [j[0] for j in jobs] and len(done) == 40
+    assert 1 < writer.most_in_flight <= 4 and writer.closed and not asked_after_end
+
+
+def test_a_store_unreachable_after_its_retries_fails_the_restore_not_the_data() -> None:
+    from cargohold.errors import BackendIOError
+
+    down = BackendIOError("S3 connection to http://127.0.0.1:9 failed", transient=True)
+    writer = _Writer({bytes([5]): down})
+    with pytest.raises(BackendIOError, match="failed"):
+        restoredata.write_jobs(writer, iter([*_jobs(20), None]).__next__, 3)
+    assert writer.closed and bytes([5]) not in writer.applied
+
+    # the real fetch: a transient error is raised, a lasting one is damage to report
+    def load(name: str, offset: int, length: int) -> bytes:
+        raise down
+
+    real = restoredata.DataWriter(load, None, lambda data: b"")  # type: ignore[arg-type]
+    job: restoredata.Job = (b"\x01" * 32, [(b"\x02" * 32, 0, 10, 10, [])])
+    with pytest.raises(BackendIOError):
+        real.fetch(job)
+    down.transient = False
+    pack, spans = real.fetch(job)
+    assert pack == job[0] and isinstance(spans[0][2], BackendIOError)
