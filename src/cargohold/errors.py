@@ -141,6 +141,11 @@ class BackendIOError(BackendError):
         self.transient = transient
 
 
+class StoreUnreachable(BackendIOError):
+    """The store kept failing transiently for the whole retry budget: it says nothing about
+    the data there (a restore or check fails on it instead of reporting damage)."""
+
+
 # --- repository --------------------------------------------------------------------
 
 

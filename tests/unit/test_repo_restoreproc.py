@@ -265,7 +265,7 @@ def test_jobs_fetched_ahead_are_applied_in_order_and_take_is_not_asked_after_non
 
 
 def test_a_store_unreachable_after_its_retries_fails_the_restore_not_the_data() -> None:
-    from cargohold.errors import BackendIOError
+    from cargohold.errors import BackendIOError, StoreUnreachable
 
     down = BackendIOError("S3 connection to http://127.0.0.1:9 failed", transient=True)
     writer = _Writer({bytes([5]): down})
@@ -281,6 +281,9 @@ def test_a_store_unreachable_after_its_retries_fails_the_restore_not_the_data() 
     job: restoredata.Job = (b"\x01" * 32, [(b"\x02" * 32, 0, 10, 10, [])])
     with pytest.raises(BackendIOError):
         real.fetch(job)
-    down.transient = False
+    down = StoreUnreachable("... (tried 4 times over 2.8 s, s3://b still failing)")  # what RetryBackend gives up with
+    with pytest.raises(StoreUnreachable):
+        real.fetch(job)
+    down = BackendIOError("data/01/0101...: Input/output error")  # lasting, of this pack
     pack, spans = real.fetch(job)
-    assert pack == job[0] and isinstance(spans[0][2], BackendIOError)
+    assert pack == job[0] and spans[0][2] is down

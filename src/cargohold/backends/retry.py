@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from cargohold.backends.base import Backend, Leftover, ObjectInfo, leftovers_of, remove_leftover
-from cargohold.errors import BackendIOError, ObjectExists, ObjectNotFound
+from cargohold.errors import BackendIOError, ObjectExists, ObjectNotFound, StoreUnreachable
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ class RetryBackend:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _gave_up(self, err: BackendIOError, attempts: int, elapsed: float) -> BackendIOError:
-        return BackendIOError(
+        return StoreUnreachable(
             f"{err.message} (tried {attempts} times over {elapsed:.1f} s, {self.url} still failing)",
             hint=err.hint or "check the network and the storage server, then run the command again",
         )

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 
 from cargohold.backends.base import leftovers_of
 from cargohold.backends.leftovers import Verdict
-from cargohold.errors import BackendError, BackendIOError, IntegrityError, ObjectNotFound, UnsupportedFormat
+from cargohold.errors import (
+    BackendError,
+    BackendIOError,
+    IntegrityError,
+    ObjectNotFound,
+    StoreUnreachable,
+    UnsupportedFormat,
+)
 from cargohold.repo.format import BlobType, decode_blob, pack_name, sha256_hex
 from cargohold.repo.index import PackRecord
 from cargohold.repo.locks import LockManager
@@ -207,7 +214,7 @@ class Checker:
         except ObjectNotFound:
             return  # reported already
         except BackendIOError as err:
-            if err.transient:  # the store is unreachable (its retries are spent): no verdict
+            if err.transient or isinstance(err, StoreUnreachable):  # the store, not the pack: no verdict
                 raise
             self._damage("pack", name, f"unreadable: {err}")
             self._mark_pack_bad(rec, f"pack {rec.id.hex()[:12]} unreadable")
