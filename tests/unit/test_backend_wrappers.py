@@ -273,6 +273,24 @@ def test_lazy_scheme_imports_its_module_on_first_use(tmp_path: Path, monkeypatch
     monkeypatch.delitem(sys.modules, "lazy_scheme_mod")
 
 
+def test_a_missing_module_or_library_of_a_lazy_scheme_is_one_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend module missing, or a library it imports (botocore, paramiko): a UsageError
+    that names what is missing, never a raw ModuleNotFoundError (a traceback)."""
+    (tmp_path / "lazy_needs_lib.py").write_text("import no_such_library_for_ch.sub\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(backends, "_schemes", dict(backends._schemes))
+    register_scheme("needslib", lazy_scheme("lazy_needs_lib"))
+    with pytest.raises(UsageError, match="need the Python package 'no_such_library_for_ch'") as err:
+        open_backend("needslib://bucket")
+    assert "pip install no_such_library_for_ch" in (err.value.hint or "")
+    register_scheme("gone", lazy_scheme("no_such_backend_module_for_ch"))
+    with pytest.raises(UsageError, match="not available in this installation"):
+        open_backend("gone://bucket")
+    monkeypatch.delitem(sys.modules, "lazy_needs_lib", raising=False)
+
+
 def test_unknown_scheme_and_empty() -> None:
     with pytest.raises(UsageError, match="unknown repository URL scheme"):
         open_backend("gopher://x")

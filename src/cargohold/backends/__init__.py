@@ -123,12 +123,18 @@ def lazy_scheme(module: str, attr: str = "open_url") -> BackendFactory:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
-            if err.name is None or not module.startswith(err.name):
+            if err.name is None:
                 raise
             scheme = url.split("://", 1)[0]
+            if module.startswith(err.name):
+                raise UsageError(
+                    f"{scheme}:// repositories are not available in this installation ({module} is missing)",
+                    hint="use a local path or file:///path, or install cargohold with its remote backends",
+                ) from None
+            package = err.name.split(".", 1)[0]  # a library the backend needs (botocore, paramiko)
             raise UsageError(
-                f"{scheme}:// repositories are not available in this installation ({module} is missing)",
-                hint="use a local path or file:///path, or install cargohold with its remote backends",
+                f"{scheme}:// repositories need the Python package {package!r}, which is not installed",
+                hint=f"install it (`pip install {package}`) in cargohold's environment, or reinstall cargohold",
             ) from None
         fn: BackendFactory = getattr(mod, attr)
         return fn(url)
