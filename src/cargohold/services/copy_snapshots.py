@@ -44,10 +44,10 @@ import json
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cargohold.errors import IntegrityError, SnapshotNotFound, UsageError
 from cargohold.repo.format import BlobType, blob_ad, decode_payload, pack_name
@@ -69,6 +69,8 @@ __all__ = [
     "identity",
     "select",
 ]
+
+R = TypeVar("R")
 
 #: Adjacent blobs of one source pack are read together when the gap between them is at most this.
 _MAX_GAP = 256 * 1024
@@ -402,22 +404,18 @@ def _copy_one(
     jobs = list(_jobs(blobs))
     done: set[bytes] = set()
     progress.start(f"copy {snap.short_id}", sum(b.loc.length for b in blobs))
+
+    def transferred(job: _Job, result: tuple[int, int, int]) -> int:
+        n, stored, raw = result
+        done.update(b.id for b in job.blobs)
+        entry.blobs += n
+        entry.bytes += stored
+        entry.raw_bytes += raw
+        progress.advance(stored, n)
+        return stored
+
     try:
-        since_checkpoint = 0
-        with ThreadPoolExecutor(_threads(source, settings), thread_name_prefix="ch-copy") as pool:
-            for batch in _batches(jobs, min(_BATCH_BYTES, settings.checkpoint_bytes)):
-                for job, (n, stored, raw) in zip(
-                    batch, pool.map(lambda j: _transfer(source, target, j), batch), strict=True
-                ):
-                    done.update(b.id for b in job.blobs)
-                    entry.blobs += n
-                    entry.bytes += stored
-                    entry.raw_bytes += raw
-                    since_checkpoint += stored
-                    progress.advance(stored, n)
-                if since_checkpoint >= settings.checkpoint_bytes:
-                    target.flush()  # an index file: an interrupted copy keeps these blobs
-                    since_checkpoint = 0
+        _run_jobs(source, target, jobs, lambda j: _transfer(source, target, j), transferred, settings)
         target.flush()
     except BaseException:
         target.release_many(b.id for b in blobs if b.id not in done)
@@ -465,25 +463,21 @@ def _translate_one(
     jobs = list(_jobs(blobs))
     reserved: list[bytes] = []
     progress.start(f"copy {snap.short_id}", sum(b.loc.length for b in blobs))
+
+    def translated(job: _Job, result: tuple[list[tuple[bytes, bytes, int, int]], int]) -> int:
+        pairs, stored = result
+        for old_id, new_id, raw, sealed_len in pairs:
+            ids[old_id] = new_id
+            if sealed_len:
+                reserved.append(new_id)
+                entry.blobs += 1
+                entry.bytes += sealed_len
+                entry.raw_bytes += raw
+        progress.advance(job.end - job.start, len(job.blobs))
+        return stored
+
     try:
-        since_checkpoint = 0
-        with ThreadPoolExecutor(_threads(source, settings), thread_name_prefix="ch-copy") as pool:
-            for batch in _batches(jobs, min(_BATCH_BYTES, settings.checkpoint_bytes)):
-                for job, (pairs, stored) in zip(
-                    batch, pool.map(lambda j: _translate(source, target, j), batch), strict=True
-                ):
-                    for old_id, new_id, raw, sealed_len in pairs:
-                        ids[old_id] = new_id
-                        if sealed_len:
-                            reserved.append(new_id)
-                            entry.blobs += 1
-                            entry.bytes += sealed_len
-                            entry.raw_bytes += raw
-                    since_checkpoint += stored
-                    progress.advance(job.end - job.start, len(job.blobs))
-                if since_checkpoint >= settings.checkpoint_bytes:
-                    target.flush()
-                    since_checkpoint = 0
+        _run_jobs(source, target, jobs, lambda j: _translate(source, target, j), translated, settings)
         for tid in order:
             tree = trees[tid]
             nodes = [
@@ -557,6 +551,27 @@ def _translate(
         out.append((b.id, new_id, len(plain), len(sealed)))
         total += len(sealed)
     return out, total
+
+
+def _run_jobs(
+    source: Repository,
+    target: Repository,
+    jobs: list[_Job],
+    work: Callable[[_Job], R],
+    finished: Callable[[_Job, R], int],
+    settings: CopySettings,
+) -> None:
+    """Carry ``jobs`` out with ``work`` on the copy threads, a batch at a time; ``finished``
+    takes each result in order and returns the bytes it stored. An index file is written
+    after every ``checkpoint_bytes`` stored, so an interrupted copy keeps those blobs."""
+    since_checkpoint = 0
+    with ThreadPoolExecutor(_threads(source, settings), thread_name_prefix="ch-copy") as pool:
+        for batch in _batches(jobs, min(_BATCH_BYTES, settings.checkpoint_bytes)):
+            for job, result in zip(batch, pool.map(work, batch), strict=True):
+                since_checkpoint += finished(job, result)
+            if since_checkpoint >= settings.checkpoint_bytes:
+                target.flush()
+                since_checkpoint = 0
 
 
 def _threads(source: Repository, settings: CopySettings) -> int:
