@@ -140,10 +140,19 @@ class BackendIOError(BackendError):
         super().__init__(message, hint=hint)
         self.transient = transient
 
+    @property
+    def unreachable(self) -> bool:
+        """The store, not the object, failed: the error says nothing about the data there
+        (a restore or check fails on it instead of reporting damage)."""
+        return self.transient
+
 
 class StoreUnreachable(BackendIOError):
-    """The store kept failing transiently for the whole retry budget: it says nothing about
-    the data there (a restore or check fails on it instead of reporting damage)."""
+    """The store kept failing transiently for the whole retry budget."""
+
+    @property
+    def unreachable(self) -> bool:
+        return True
 
 
 # --- repository --------------------------------------------------------------------

@@ -29,7 +29,6 @@ from cargohold.errors import (
     BackendIOError,
     IntegrityError,
     ObjectNotFound,
-    StoreUnreachable,
     UnsupportedFormat,
 )
 from cargohold.repo.format import BlobType, decode_blob, pack_name, sha256_hex
@@ -214,7 +213,7 @@ class Checker:
         except ObjectNotFound:
             return  # reported already
         except BackendIOError as err:
-            if err.transient or isinstance(err, StoreUnreachable):  # the store, not the pack: no verdict
+            if err.unreachable:  # the store, not the pack: no verdict
                 raise
             self._damage("pack", name, f"unreadable: {err}")
             self._mark_pack_bad(rec, f"pack {rec.id.hex()[:12]} unreadable")

@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cargohold.backends.counting import RequestCounts
-from cargohold.errors import BackendError, BackendIOError, IntegrityError, StoreUnreachable
+from cargohold.errors import BackendError, BackendIOError, IntegrityError
 from cargohold.repo.child import WorkerFailed, child_error, died, spawn
 from cargohold.repo.crypto import Cipher
 from cargohold.repo.format import BlobType, decode_blob, pack_name
@@ -130,7 +130,7 @@ class DataWriter:
             try:
                 spans.append((g, start, self._load(name, start, end - start)))
             except BackendIOError as err:
-                if err.transient or isinstance(err, StoreUnreachable):  # not the pack's fault
+                if err.unreachable:  # not the pack's fault
                     raise
                 spans.append((g, start, err))
             except BackendError as err:
